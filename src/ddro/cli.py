@@ -1,0 +1,57 @@
+"""`ddro`: one command, one subcommand per pipeline stage.
+
+Each subcommand is a module with a `main(argv)`; `ddro data beir ...` and
+`python -m ddro.data.beir ...` run the same function with the same arguments.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# (subcommand words, module, one-line summary), in pipeline order.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("data beir", "ddro.data.beir", "import a BEIR-layout collection (local folder or download)"),
+    ("data msmarco", "ddro.data.msmarco", "build MS MARCO document top-300k from the raw files"),
+    ("data nq", "ddro.data.nq", "build NQ320k from the raw Natural Questions files"),
+    ("data sentences", "ddro.data.sentences", "add Punkt sentence splits (`sents`) to a collection"),
+    ("pipeline", "ddro.pipeline", "run every stage built so far, skipping finished ones"),
+]
+
+
+def _usage() -> str:
+    width = max(len(words) for words, _, _ in COMMANDS)
+    lines = ["usage: ddro <command> [args] (ddro <command> --help for its arguments)", "",
+             "commands, in pipeline order:"]
+    lines += [f"  {words.ljust(width)}  {summary}" for words, _, summary in COMMANDS]
+    return "\n".join(lines)
+
+
+def resolve(argv: list[str]) -> tuple[str, str, list[str]] | None:
+    """The longest registered command that prefixes argv: (words, module, remaining args)."""
+    for words, module, _ in sorted(COMMANDS, key=lambda c: -len(c[0].split())):
+        n = len(words.split())
+        if argv[:n] == words.split():
+            return words, module, argv[n:]
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+        print(__version__)
+        return
+    found = resolve(argv)
+    if found is None:
+        print(f"ddro: unknown command '{' '.join(argv[:2])}'\n\n{_usage()}", file=sys.stderr)
+        raise SystemExit(2)
+    words, module, rest = found
+    sys.argv[0] = f"ddro {words}"
+    importlib.import_module(module).main(rest)
+
+
+if __name__ == "__main__":
+    main()

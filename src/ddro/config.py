@@ -1,0 +1,128 @@
+"""Arguments: dataclasses parsed by `transformers.HfArgumentParser`, optionally from a file.
+
+Every stage declares its arguments as dataclasses and calls `parse_args`. `--config F`
+(YAML or JSON, a flat mapping of argument names) supplies values first; flags given on
+the command line override them. Config values go through the same argparse type checks
+as flags, and unknown keys are refused, so a typo in a config never passes silently.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import DDROError
+from .io import write_json
+
+CONFIG_FILE = "config.json"
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DDROError(f"{path}: config file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: report, never a traceback
+        raise DDROError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'} ({e})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DDROError(f"{path}: a config file must be a mapping of argument names to values")
+    return data
+
+
+def _as_flags(config: dict[str, Any], parser: argparse.ArgumentParser, source: str) -> list[str]:
+    """Turn config entries into command-line flags so argparse type-checks them."""
+    actions = {a.dest: a for a in parser._actions}
+    flags: list[str] = []
+    for key, value in config.items():
+        dest = key.replace("-", "_")
+        if dest not in actions or dest in ("help", "config"):
+            raise DDROError(f"{source}: unknown key '{key}'")
+        action = actions[dest]
+        option = action.option_strings[0]
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        if isinstance(value, (list, tuple)):
+            if action.nargs not in ("+", "*"):
+                raise DDROError(f"{source}: key '{key}' takes a single value, got a list")
+            flags += [option, *map(str, value)]
+        elif isinstance(value, dict):
+            raise DDROError(f"{source}: key '{key}' takes a single value, got a mapping")
+        else:
+            flags += [option, str(value)]
+    return flags
+
+
+def build_parser(types: Sequence[type], prog: str | None, description: str | None):
+    from transformers import HfArgumentParser  # heavy import: only when a stage really runs
+
+    parser = HfArgumentParser(list(types), prog=prog, description=description,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--config", default=None,
+                        help="YAML/JSON file of argument values; flags given here override it")
+    return parser
+
+
+def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, *,
+               prog: str | None = None, description: str | None = None) -> tuple:
+    """Parse `argv` (default: sys.argv[1:]) into instances of the dataclasses `types`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(types, prog, description)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        argv = _as_flags(load_config_file(known.config), parser, known.config) + argv
+    # HfArgumentParser appends a namespace of non-dataclass options (--config) and the
+    # leftover strings; only the dataclasses are wanted.
+    *parsed, remaining = parser.parse_args_into_dataclasses(argv, return_remaining_strings=True)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    return tuple(parsed[:len(types)])
+
+
+def as_dict(*args: Any) -> dict[str, Any]:
+    """Resolved arguments as one flat mapping (what `--config` accepts back)."""
+    merged: dict[str, Any] = {}
+    for a in args:
+        merged.update(dataclasses.asdict(a))
+    return merged
+
+
+def save_config(folder: str | Path, *args: Any) -> None:
+    """Write the resolved arguments next to a run's outputs as `config.json`."""
+    write_json(Path(folder) / CONFIG_FILE, as_dict(*args))
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def entry_point(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], None]:
+    """Wrap a stage's `main` so user errors print one line and exit 2 (no traceback)."""
+    def wrapped(argv: Sequence[str] | None = None) -> None:
+        setup_logging()
+        try:
+            main(argv)
+        except DDROError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+    wrapped.__doc__ = main.__doc__
+    return wrapped

@@ -1,0 +1,90 @@
+"""`ddro data beir`: import any BEIR-layout folder, local or downloaded, as a collection.
+
+The source is validated line by line (see `collection.py` for the rules), text fields
+have their white space collapsed, and the result is written atomically with a manifest.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..config import as_dict, entry_point, parse_args
+from ..errors import DDROError
+from ..io import atomic_dir, check_output
+from .collection import CORPUS, QRELS, QUERIES, clean, iter_corpus, read_qrels, read_queries, write_collection
+from .download import download, extract_zip, safe_name
+
+log = logging.getLogger(__name__)
+
+BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
+
+
+@dataclass
+class BeirArguments:
+    out: str = field(metadata={"help": "folder to write the collection to"})
+    path: Optional[str] = field(default=None, metadata={"help": "a local BEIR-layout folder"})
+    name: Optional[str] = field(default=None, metadata={"help": "a BEIR dataset name to download (e.g. scifact)"})
+    url_base: str = field(default=BEIR_URL, metadata={"help": "where BEIR zips are downloaded from"})
+    download_dir: str = field(default="resources/downloads/beir", metadata={"help": "download cache"})
+    sentences: bool = field(default=True, metadata={"help": "add Punkt sentence splits (`sents`)"})
+    skip_unknown_qrels: bool = field(default=False, metadata={
+        "help": "drop (and count) qrels naming unknown queries/documents instead of failing"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+
+
+def fetch(name: str, url_base: str, download_dir: str | Path) -> Path:
+    """Download and unpack BEIR dataset `name`; returns its folder."""
+    name = safe_name(name, "BEIR dataset name")
+    cache = Path(download_dir)
+    archive = download(f"{url_base.rstrip('/')}/{name}.zip", cache / f"{name}.zip")
+    root = extract_zip(archive, cache / name)
+    candidates = [p.parent for p in root.rglob(CORPUS)]
+    if len(candidates) != 1:
+        raise DDROError(f"{archive}: expected one {CORPUS} in the archive, found {len(candidates)}")
+    return candidates[0]
+
+
+def normalise(doc: dict) -> dict:
+    out = {"_id": doc["_id"], "title": clean(doc["title"]), "text": clean(doc["text"])}
+    if doc.get("url"):
+        out["url"] = doc["url"].strip()
+    return out
+
+
+def run(args: BeirArguments) -> dict:
+    if bool(args.path) == bool(args.name):
+        raise DDROError("give exactly one of --path (a local folder) or --name (a BEIR dataset)")
+    check_output(args.out, args.overwrite)
+    src = Path(args.path) if args.path else fetch(args.name, args.url_base, args.download_dir)
+    if not (src / CORPUS).is_file():
+        raise DDROError(f"{src}: not a BEIR folder (no {CORPUS})")
+    doc_ids = {d["_id"] for d in iter_corpus(src / CORPUS)}  # pass 1: validate, collect ids
+    queries = {qid: clean(text) for qid, text in read_queries(src / QUERIES).items()}
+    qrels, skipped = {}, {}
+    for path in sorted((src / QRELS).glob("*.tsv")):
+        qrels[path.stem], skipped[path.stem] = read_qrels(path, doc_ids, set(queries), args.skip_unknown_qrels)
+    if not qrels:
+        raise DDROError(f"{src}: no qrels/<split>.tsv files")
+    warnings = {f"qrels_unknown_ids_skipped.{s}": n for s, n in skipped.items() if n}
+    for key, n in warnings.items():
+        log.warning("%s: %d rows", key, n)
+    with atomic_dir(args.out, args.overwrite) as tmp:  # pass 2: stream the corpus out
+        manifest = write_collection(
+            tmp, (normalise(d) for d in iter_corpus(src / CORPUS)), queries, qrels,
+            source=f"beir:{args.name}" if args.name else f"beir:{src.name}", total_docs=len(doc_ids),
+            warnings=warnings, config=as_dict(args), sentences=args.sentences)
+    log.info("collection written to %s", args.out)
+    return manifest
+
+
+@entry_point
+def main(argv=None):
+    """Import a BEIR-layout collection (local folder, or a BEIR dataset name to download)."""
+    (args,) = parse_args([BeirArguments], argv, prog="ddro data beir", description=main.__doc__)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Small file helpers shared by every stage: hashing, JSON(L), atomic outputs."""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import DDROError, InputError
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def open_text(path: str | os.PathLike, mode: str = "rt"):
+    """Open a text file, transparently gunzipping `*.gz`; a missing file is a clear error."""
+    path = Path(path)
+    if "r" in mode and not path.is_file():
+        raise InputError(path, "file not found")
+    if path.suffix == ".gz":
+        return gzip.open(path, mode, encoding="utf-8", newline="")
+    return open(path, mode, encoding="utf-8", newline="")
+
+
+def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
+    """Yield (line number, line without newline); bad UTF-8 or gzip become InputErrors."""
+    lineno = 0
+    try:
+        with open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                yield lineno, line.rstrip("\r\n")
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"invalid UTF-8 ({e.reason})", lineno + 1) from None
+    except (EOFError, gzip.BadGzipFile, OSError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(path, f"unreadable ({e.__class__.__name__}: {e})", lineno + 1) from None
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line; each must be a JSON object."""
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(path, f"invalid JSON ({e.msg})", lineno) from None
+        if not isinstance(obj, dict):
+            raise InputError(path, "expected a JSON object", lineno)
+        yield lineno, obj
+
+
+def dumps_line(obj: Any) -> str:
+    """One canonical JSONL line (stable key order, real UTF-8) so reruns are byte-identical."""
+    return json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=False)
+        f.write("\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"invalid JSON ({e.msg})", e.lineno) from None
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"invalid UTF-8 ({e.reason})") from None
+
+
+def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse to touch an existing output unless asked to: call before any long work."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise DDROError(f"{out}: already exists; pass --overwrite to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name beside `out`, rename it into place on success.
+
+    A crash or error leaves `out` untouched (the old version, if any, survives) and
+    removes the temporary folder, so no later stage can mistake half an output for a whole.
+    """
+    out = check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, out)
+
+
+@contextlib.contextmanager
+def atomic_file(out: str | os.PathLike, overwrite: bool = False, mode: str = "w") -> Iterator[Any]:
+    """Write a single file under a temporary name and rename it into place when complete."""
+    out = check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.tmp-", dir=out.parent)
+    os.close(fd)
+    try:
+        kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": ""}
+        with open(tmp, mode, **kwargs) as f:
+            yield f
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    os.replace(tmp, out)
