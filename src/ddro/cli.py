@@ -14,6 +14,14 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("data msmarco", "ddro.data.msmarco", "build MS MARCO document top-300k from the raw files"),
     ("data nq", "ddro.data.nq", "build NQ320k from the raw Natural Questions files"),
     ("data sentences", "ddro.data.sentences", "add Punkt sentence splits (`sents`) to a collection"),
+    ("tokenizer train", "ddro.tokenizer", "train a T5-layout sentencepiece tokenizer on a collection"),
+    ("docids", "ddro.docids.build", "encode every document's docid (pq, tu or atomic)"),
+    ("pseudo-queries", "ddro.pseudo_queries", "generate pseudo-queries for every document"),
+    ("instances", "ddro.instances", "build the three SFT stages' training files and the eval files"),
+    ("train sft", "ddro.train.sft", "phase 1: three-stage supervised fine-tuning (doc, pseudo-query, query -> docid)"),
+    ("negatives", "ddro.negatives", "phase 2 data: BM25 hard negatives sampled from rank bands"),
+    ("train ddro", "ddro.train.ddro", "phase 2: direct document relevance optimisation (pairwise loss)"),
+    ("bm25", "ddro.bm25", "BM25 baseline run and metrics on a split"),
     ("pipeline", "ddro.pipeline", "run every stage built so far, skipping finished ones"),
 ]
 

@@ -29,6 +29,9 @@ class BeirArguments:
     url_base: str = field(default=BEIR_URL, metadata={"help": "where BEIR zips are downloaded from"})
     download_dir: str = field(default="resources/downloads/beir", metadata={"help": "download cache"})
     sentences: bool = field(default=True, metadata={"help": "add Punkt sentence splits (`sents`)"})
+    skip_empty: bool = field(default=True, metadata={
+        "help": "leave out documents with neither title nor text (counted, with their qrels); "
+                "false: such a document is an error"})
     skip_unknown_qrels: bool = field(default=False, metadata={
         "help": "drop (and count) qrels naming unknown queries/documents instead of failing"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
@@ -60,19 +63,23 @@ def run(args: BeirArguments) -> dict:
     src = Path(args.path) if args.path else fetch(args.name, args.url_base, args.download_dir)
     if not (src / CORPUS).is_file():
         raise DDROError(f"{src}: not a BEIR folder (no {CORPUS})")
-    doc_ids = {d["_id"] for d in iter_corpus(src / CORPUS)}  # pass 1: validate, collect ids
+    empty: list[str] | None = [] if args.skip_empty else None
+    doc_ids = {d["_id"] for d in iter_corpus(src / CORPUS, empty)}  # pass 1: validate, collect ids
     queries = {qid: clean(text) for qid, text in read_queries(src / QUERIES).items()}
     qrels, skipped = {}, {}
     for path in sorted((src / QRELS).glob("*.tsv")):
-        qrels[path.stem], skipped[path.stem] = read_qrels(path, doc_ids, set(queries), args.skip_unknown_qrels)
+        qrels[path.stem], skipped[path.stem] = read_qrels(
+            path, doc_ids, set(queries), args.skip_unknown_qrels, dropped_docs=set(empty or ()))
     if not qrels:
         raise DDROError(f"{src}: no qrels/<split>.tsv files")
-    warnings = {f"qrels_unknown_ids_skipped.{s}": n for s, n in skipped.items() if n}
+    warnings = {f"qrels_skipped.{s}": n for s, n in skipped.items() if n}
+    if empty:
+        warnings["empty_documents_skipped"] = len(empty)
     for key, n in warnings.items():
         log.warning("%s: %d rows", key, n)
     with atomic_dir(args.out, args.overwrite) as tmp:  # pass 2: stream the corpus out
         manifest = write_collection(
-            tmp, (normalise(d) for d in iter_corpus(src / CORPUS)), queries, qrels,
+            tmp, (normalise(d) for d in iter_corpus(src / CORPUS, [])), queries, qrels,
             source=f"beir:{args.name}" if args.name else f"beir:{src.name}", total_docs=len(doc_ids),
             warnings=warnings, config=as_dict(args), sentences=args.sentences)
     log.info("collection written to %s", args.out)

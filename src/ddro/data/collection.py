@@ -61,13 +61,17 @@ def _field_str(obj: dict, key: str, path: Path, lineno: int, required: bool) -> 
     return value
 
 
+class EmptyDocumentError(InputError):
+    """A document with neither title nor text (Cranfield has two)."""
+
+
 def parse_document(obj: dict, path: Path, lineno: int) -> dict:
     """Validate one corpus line and return it in canonical form."""
     doc = {"_id": _field_id(obj, path, lineno),
            "title": _field_str(obj, "title", path, lineno, required=False),
            "text": _field_str(obj, "text", path, lineno, required=True)}
     if not doc["title"].strip() and not doc["text"].strip():
-        raise InputError(path, f"document {doc['_id']!r} is empty (no title, no text)", lineno)
+        raise EmptyDocumentError(path, f"document {doc['_id']!r} is empty (no title, no text)", lineno)
     url = obj.get("url")
     if url:
         doc["url"] = _field_str(obj, "url", path, lineno, required=False)
@@ -79,11 +83,21 @@ def parse_document(obj: dict, path: Path, lineno: int) -> dict:
     return doc
 
 
-def iter_corpus(path: Path) -> Iterator[dict]:
-    """Stream and validate a corpus file (duplicate ids are refused)."""
+def iter_corpus(path: Path, skipped_empty: list[str] | None = None) -> Iterator[dict]:
+    """Stream and validate a corpus file (duplicate ids are refused).
+
+    Empty documents are an error, unless `skipped_empty` is given: then their ids are
+    appended to it and they are left out (importers count them in the manifest).
+    """
     seen: set[str] = set()
     for lineno, obj in iter_jsonl(path):
-        doc = parse_document(obj, path, lineno)
+        try:
+            doc = parse_document(obj, path, lineno)
+        except EmptyDocumentError:
+            if skipped_empty is None:
+                raise
+            skipped_empty.append(_field_id(obj, path, lineno))
+            continue
         if doc["_id"] in seen:
             raise InputError(path, f"duplicate document id {doc['_id']!r}", lineno)
         seen.add(doc["_id"])
@@ -119,8 +133,12 @@ def _parse_score(score: str, path: Path, lineno: int) -> int:
 
 
 def read_qrels(path: Path, doc_ids: set[str] | None = None, query_ids: set[str] | None = None,
-               skip_unknown: bool = False) -> tuple[Qrels, int]:
-    """Read a BEIR qrels file; returns (qrels, number of rows skipped for unknown ids)."""
+               skip_unknown: bool = False, dropped_docs: set[str] = frozenset()) -> tuple[Qrels, int]:
+    """Read a BEIR qrels file; returns (qrels, number of rows skipped).
+
+    Rows naming a document in `dropped_docs` (left out on purpose, e.g. empty) are skipped
+    and counted; other unknown ids are an error unless `skip_unknown`.
+    """
     qrels: Qrels = {}
     skipped = 0
     lines = iter_lines(path)
@@ -135,6 +153,9 @@ def read_qrels(path: Path, doc_ids: set[str] | None = None, query_ids: set[str] 
             raise InputError(path, f"expected 3 tab-separated columns, got {len(cols)}", lineno)
         qid, did, score = (c.strip() for c in cols)
         value = _parse_score(score, path, lineno)
+        if did in dropped_docs:
+            skipped += 1
+            continue
         unknown = ([f"query {qid!r}"] if query_ids is not None and qid not in query_ids else []) + \
                   ([f"document {did!r}"] if doc_ids is not None and did not in doc_ids else [])
         if unknown:
