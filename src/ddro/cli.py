@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(2)
     words, module, rest = found
     sys.argv[0] = f"ddro {words}"
+    from . import manifest
+    manifest.COMMAND = ["ddro", *argv]
     importlib.import_module(module).main(rest)
 
 

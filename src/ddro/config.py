@@ -115,6 +115,10 @@ def setup_logging(level: int = logging.INFO) -> None:
 def entry_point(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], None]:
     """Wrap a stage's `main` so user errors print one line and exit 2 (no traceback)."""
     def wrapped(argv: Sequence[str] | None = None) -> None:
+        from . import manifest
+        if argv is None:  # run as `python -m ddro.<module>`
+            module = main.__module__.removesuffix(".__main__").removesuffix(".cli")
+            manifest.COMMAND = ["python", "-m", module, *sys.argv[1:]]
         setup_logging()
         try:
             main(argv)

@@ -19,6 +19,10 @@ from .io import read_json, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 
+# The command line that started this process, as the user typed it (set by the CLI
+# entry points); recorded in every manifest.
+COMMAND: list[str] = ["ddro", *sys.argv[1:]]
+
 
 @functools.lru_cache(maxsize=1)
 def toolkit_commit() -> str | None:
@@ -45,7 +49,7 @@ def write_manifest(folder: str | Path, kind: str, *, counts: dict | None = None,
         "kind": kind,
         "ddro_version": __version__,
         "ddro_commit": toolkit_commit(),
-        "command": command if command is not None else ["ddro", *sys.argv[1:]],
+        "command": command if command is not None else COMMAND,
         "config": config or {},
         "inputs": inputs or {},
         "counts": counts or {},
