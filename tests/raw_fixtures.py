@@ -1,4 +1,4 @@
-"""Writers for small raw MS MARCO / Natural Questions files in their real formats.
+"""Small fixtures in real formats: raw MS MARCO / Natural Questions files, a tiny T5 tokenizer.
 
 Tests build their fixtures with these in tmp_path; no data file is committed.
 A path ending in `.gz` is written gzip-compressed, anything else as plain text.
@@ -67,3 +67,18 @@ def nq_full_line(example_id: int, question: str, title: str, tokens: list[str], 
             "document_title": title, "document_url": url or f"https://en.wikipedia.org//w/index.php?title={title}",
             "document_html": "<html>" + " ".join(tokens) + "</html>", "document_tokens": doc_tokens,
             "long_answer_candidates": [], "annotations": []}
+
+
+WORDS = ("protein cell cancer gene study result brain blood drug risk mouse human patient trial dose "
+         "effect level rate model data").split()
+
+
+def t5_tokenizer(folder):
+    """A small T5 (Unigram) tokenizer: pad 0, eos 1, unk 2, then one piece per word; saved to `folder`."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(f"▁{w}", -1.0 - i * 0.01) for i, w in enumerate(WORDS)]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0)
+    tok.save_pretrained(folder)
+    return tok

@@ -94,11 +94,18 @@ def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, *,
     return tuple(parsed[:len(types)])
 
 
+# Arguments that say how to write, not what: left out of recorded configs so that a
+# rebuild with --overwrite has the same manifest as the first build.
+NOT_RECORDED = ("overwrite",)
+
+
 def as_dict(*args: Any) -> dict[str, Any]:
     """Resolved arguments as one flat mapping (what `--config` accepts back)."""
     merged: dict[str, Any] = {}
     for a in args:
         merged.update(dataclasses.asdict(a))
+    for key in NOT_RECORDED:
+        merged.pop(key, None)
     return merged
 
 

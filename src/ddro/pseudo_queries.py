@@ -1,0 +1,257 @@
+"""`ddro pseudo-queries`: queries generated for every document (training stage 2 input).
+
+Two methods:
+
+- `doc2query` (the paper): a seq2seq doc2query model, by default
+  `castorini/doc2query-t5-large-msmarco`, samples `--per-doc` queries per document with
+  top-k sampling (k=10) from the first 256 input tokens, at most 32 query tokens.
+- `spans` (offline): pseudo-queries cut from the document itself, inverse-cloze style
+  (ICT, Lee et al. 2019): whole sentences plus random contiguous spans of 8-16 words.
+  No pretrained doc2query model is reachable offline, and a randomly initialised one
+  writes noise; sentences and spans are a cheap, known substitute (on SciFact, 5 per
+  document of abstract sentences / 8-16 word spans work). Each document has its own
+  random stream (seed + a stable hash of its id), so results do not depend on order.
+
+Output: a folder with `pseudo_queries.jsonl` ({"doc_id", "query"} lines in collection
+order) and `manifest.json` (kind "pseudo_queries"). Generation is resumable: finished
+batches are appended to `.<out>.partial/` beside the output, with a state file recording
+how many documents and bytes are complete; a restart with the same settings truncates
+anything after that point and goes on. Only a complete run is renamed to `--out`.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .config import as_dict, entry_point, parse_args
+from .errors import DDROError, InputError
+from .io import atomic_dir, check_output, dumps_line, iter_jsonl, read_json, write_json
+from .manifest import MANIFEST, manifest_hash, read_manifest, write_manifest
+
+log = logging.getLogger(__name__)
+
+KIND = "pseudo_queries"
+FILE = "pseudo_queries.jsonl"
+STATE = "state.json"
+METHODS = ("spans", "doc2query")
+
+
+@dataclass
+class PseudoQueriesArguments:
+    collection: str = field(metadata={"help": "collection folder"})
+    out: str = field(metadata={"help": f"output folder ({FILE} + {MANIFEST})"})
+    method: str = field(default="spans", metadata={"help": "spans (offline) or doc2query (a seq2seq model)",
+                                                   "choices": list(METHODS)})
+    per_doc: int = field(default=10, metadata={"help": "pseudo-queries per document"})
+    seed: int = field(default=42, metadata={"help": "random seed (sampling, span positions)"})
+    sentence_fraction: float = field(default=0.5, metadata={
+        "help": "spans: share of the queries that are whole sentences (the rest are word spans)"})
+    span_min_words: int = field(default=8, metadata={"help": "spans: shortest span, in words"})
+    span_max_words: int = field(default=16, metadata={"help": "spans: longest span, in words"})
+    model: str = field(default="castorini/doc2query-t5-large-msmarco",
+                       metadata={"help": "doc2query: model name or folder"})
+    top_k: int = field(default=10, metadata={"help": "doc2query: top-k sampling"})
+    max_input_length: int = field(default=256, metadata={"help": "doc2query: document tokens read"})
+    max_query_length: int = field(default=32, metadata={"help": "doc2query: longest query, in tokens"})
+    batch_size: int = field(default=16, metadata={"help": "documents per generation batch"})
+    device: str = field(default="auto", metadata={"help": "doc2query: torch device (auto = cuda if available)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing --out, and discard an unfinished run made with other settings"})
+
+
+def stable_seed(seed: int, doc_id: str) -> int:
+    """A per-document seed that does not depend on the order or sharding of the corpus."""
+    return int.from_bytes(hashlib.sha256(f"{seed}\t{doc_id}".encode()).digest()[:8], "little")
+
+
+def span_queries(doc: dict, n: int, seed: int, sentence_fraction: float = 0.5,
+                 min_words: int = 8, max_words: int = 16) -> list[str]:
+    """`n` queries from the document: sentences (in document order), then random word spans."""
+    from .data.sentences import split_sentences
+
+    rng = np.random.default_rng(stable_seed(seed, doc["_id"]))
+    sentences = doc["sents"] if "sents" in doc else split_sentences(doc["text"])
+    words = f"{doc['title']} {doc['text']}".split()
+    n_sentences = min(len(sentences), int(n * sentence_fraction))
+    picked = np.sort(rng.choice(len(sentences), n_sentences, replace=False)) if n_sentences else []
+    queries = [sentences[i] for i in picked]
+    for _ in range(n - n_sentences):
+        length = min(int(rng.integers(min_words, max_words + 1)), len(words))
+        start = int(rng.integers(0, len(words) - length + 1))
+        queries.append(" ".join(words[start:start + length]))
+    return queries
+
+
+class Doc2Query:
+    """Batched top-k sampling from a seq2seq doc2query model."""
+
+    def __init__(self, args: PseudoQueriesArguments):
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.torch, self.args = torch, args
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(args.model)
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(args.model).to(self.device).eval()
+        except (OSError, ValueError) as e:
+            raise DDROError(f"cannot load doc2query model {args.model!r}: {e}") from None
+        log.info("doc2query model %s on %s", args.model, self.device)
+
+    def __call__(self, docs: list[dict], batch_index: int) -> list[list[str]]:
+        a = self.args
+        # One seed per batch: batches always start at multiples of batch_size, so a resumed
+        # run samples exactly what an uninterrupted one would.
+        self.torch.manual_seed(stable_seed(a.seed, f"batch {batch_index}") % 2**63)
+        texts = [f"{d['title']} {d['text']}".strip() for d in docs]
+        enc = self.tokenizer(texts, max_length=a.max_input_length, truncation=True, padding=True,
+                             return_tensors="pt").to(self.device)
+        with self.torch.inference_mode():
+            out = self.model.generate(**enc, do_sample=True, top_k=a.top_k, top_p=1.0, temperature=1.0,
+                                      max_new_tokens=a.max_query_length, num_return_sequences=a.per_doc)
+        decoded = [q.strip() for q in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return [decoded[i * a.per_doc:(i + 1) * a.per_doc] for i in range(len(docs))]
+
+
+def make_generator(args: PseudoQueriesArguments) -> Callable[[list[dict], int], list[list[str]]]:
+    if args.method == "doc2query":
+        return Doc2Query(args)
+    if not 1 <= args.span_min_words <= args.span_max_words:
+        raise DDROError("need 1 <= --span-min-words <= --span-max-words")
+    if not 0 <= args.sentence_fraction <= 1:
+        raise DDROError("--sentence-fraction must be between 0 and 1")
+    return lambda docs, _: [span_queries(d, args.per_doc, args.seed, args.sentence_fraction,
+                                         args.span_min_words, args.span_max_words) for d in docs]
+
+
+def partial_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.partial"
+
+
+def resume_state(partial: Path, identity: dict, overwrite: bool) -> dict:
+    """Where an unfinished run with the same settings stopped (a fresh state otherwise)."""
+    fresh = {"identity": identity, "docs_done": 0, "bytes": 0, "empty_dropped": 0}
+    if not (partial / STATE).is_file() or not (partial / FILE).is_file():
+        shutil.rmtree(partial, ignore_errors=True)
+        return fresh
+    state = read_json(partial / STATE)
+    if state.get("identity") != identity:
+        if not overwrite:
+            raise DDROError(f"{partial}: an unfinished run with other settings; "
+                            "remove it or pass --overwrite to start over")
+        shutil.rmtree(partial)
+        return fresh
+    if (partial / FILE).stat().st_size < state["bytes"]:
+        log.warning("%s: shorter than its saved state; starting over", partial / FILE)
+        shutil.rmtree(partial)
+        return fresh
+    log.info("resuming %s after %d documents", partial, state["docs_done"])
+    with open(partial / FILE, "r+b") as f:  # drop whatever was written after the last saved state
+        f.truncate(state["bytes"])
+    return state
+
+
+def batches(docs: Iterator[dict], size: int) -> Iterator[list[dict]]:
+    batch: list[dict] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def run(args: PseudoQueriesArguments) -> dict:
+    from .data.collection import Collection
+
+    if args.per_doc < 1 or args.batch_size < 1:
+        raise DDROError("--per-doc and --batch-size must be at least 1")
+    out = check_output(args.out, args.overwrite)
+    collection = Collection(args.collection)
+    collection_hash = manifest_hash(collection.path) if (collection.path / MANIFEST).is_file() else None
+    identity = {k: v for k, v in as_dict(args).items() if k not in ("out", "overwrite")}
+    identity["collection_manifest"] = collection_hash
+    generate = make_generator(args)
+
+    partial = partial_dir(out)
+    state = resume_state(partial, identity, args.overwrite)
+    partial.mkdir(parents=True, exist_ok=True)
+    n_docs = len(collection)
+    done = state["docs_done"]
+    with open(partial / FILE, "ab") as f, tqdm(total=n_docs, initial=done, desc="pseudo-queries",
+                                               unit="doc", mininterval=2) as bar:
+        docs = iter(collection.iter_docs())
+        for _ in range(done):
+            next(docs)
+        for index, batch in enumerate(batches(docs, args.batch_size), start=done // args.batch_size):
+            lines = []
+            for doc, queries in zip(batch, generate(batch, index)):
+                kept = [q for q in queries if q.strip()]
+                state["empty_dropped"] += len(queries) - len(kept)
+                lines += [dumps_line({"doc_id": doc["_id"], "query": q}) for q in kept]
+            f.write("".join(lines).encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+            state["docs_done"] += len(batch)
+            state["bytes"] = f.tell()
+            write_json(partial / f"{STATE}.tmp", state)
+            os.replace(partial / f"{STATE}.tmp", partial / STATE)
+            bar.update(len(batch))
+
+    n_queries, with_queries = 0, set()
+    for _, obj in iter_jsonl(partial / FILE):
+        n_queries += 1
+        with_queries.add(obj["doc_id"])
+    counts = {"docs": n_docs, "queries": n_queries, "docs_without_queries": n_docs - len(with_queries),
+              "empty_dropped": state["empty_dropped"]}
+    with atomic_dir(out, args.overwrite) as tmp:
+        os.replace(partial / FILE, tmp / FILE)
+        manifest = write_manifest(tmp, KIND, counts=counts, config=as_dict(args),
+                                  inputs={"collection": collection_hash}, method=args.method)
+    shutil.rmtree(partial, ignore_errors=True)
+    log.info("%d pseudo-queries for %d documents written to %s", n_queries, n_docs, out)
+    return manifest
+
+
+def check_pseudo_queries(folder: str | Path, collection) -> dict:
+    """Refuse pseudo-queries made for another collection or naming unknown documents."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, KIND)
+    want = manifest.get("inputs", {}).get("collection")
+    have = manifest_hash(collection.path) if (collection.path / MANIFEST).is_file() else None
+    if want and have and want != have:
+        raise DDROError(f"{folder}: pseudo-queries were made for another collection "
+                        f"(manifest {want[:12]}), not {collection.path} ({have[:12]})")
+    known = set(collection.doc_ids())
+    for lineno, obj in iter_jsonl(folder / FILE):
+        doc_id, query = obj.get("doc_id"), obj.get("query")
+        if not isinstance(doc_id, str) or not isinstance(query, str):
+            raise InputError(folder / FILE, "expected string fields 'doc_id' and 'query'", lineno)
+        if doc_id not in known:
+            raise InputError(folder / FILE, f"unknown document {doc_id!r} (not in {collection.path})", lineno)
+    return manifest
+
+
+def iter_pseudo_queries(folder: str | Path) -> Iterator[tuple[str, str]]:
+    for _, obj in iter_jsonl(Path(folder) / FILE):
+        yield obj["doc_id"], obj["query"]
+
+
+@entry_point
+def main(argv=None):
+    """Generate pseudo-queries for every document (doc2query model, or sentences and spans offline)."""
+    (args,) = parse_args([PseudoQueriesArguments], argv, prog="ddro pseudo-queries", description=main.__doc__)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
