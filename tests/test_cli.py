@@ -17,6 +17,7 @@ class Args:
     lr: float = 1e-3
     epochs: int = 3
     flag: bool = False
+    enabled: bool = True
 
 
 def test_help_lists_every_registered_command(capsys):
@@ -36,9 +37,9 @@ def test_unknown_command_exits_2(capsys):
 
 def test_config_file_then_flags_override(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("out: /x\nlr: 0.5\nflag: true\n")
+    cfg.write_text("out: /x\nlr: 0.5\nflag: true\nenabled: false\n")
     (args,) = parse_args([Args], ["--config", str(cfg), "--lr", "0.25"])
-    assert (args.out, args.lr, args.epochs, args.flag) == ("/x", 0.25, 3, True)
+    assert (args.out, args.lr, args.epochs, args.flag, args.enabled) == ("/x", 0.25, 3, True, False)
     jcfg = tmp_path / "c.json"
     jcfg.write_text(json.dumps({"out": "/y", "epochs": 7}))
     (args,) = parse_args([Args], ["--config", str(jcfg)])

@@ -43,9 +43,13 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 
 def _as_flags(config: dict[str, Any], parser: argparse.ArgumentParser, source: str) -> list[str]:
     """Turn config entries into command-line flags so argparse type-checks them."""
-    actions = {a.dest: a for a in parser._actions}
+    actions: dict[str, argparse.Action] = {}
+    for a in parser._actions:  # the first action per name: a bool's `--no_x` twin comes second
+        actions.setdefault(a.dest, a)
     flags: list[str] = []
     for key, value in config.items():
+        if not isinstance(key, str):  # YAML 1.1 reads a bare `on:`/`no:` key as a boolean
+            raise DDROError(f"{source}: key {key!r} is not a name (quote it)")
         dest = key.replace("-", "_")
         if dest not in actions or dest in ("help", "config"):
             raise DDROError(f"{source}: unknown key '{key}'")
