@@ -9,7 +9,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator, Optional
 
 from .config import as_dict, entry_point, parse_args
