@@ -139,6 +139,12 @@ def test_pq_tokens_are_offset_plus_k_m_plus_code(tmp_path, cache, minilm, nbits,
     expected = offset + k * np.arange(8) + codes
     assert np.array_equal(np.array(table.tokens), expected)
     assert table.doc_ids == [f"d{i}" for i in range(40)]
+    # the saved codebook is what the codes index: each sub-vector's nearest centroid
+    codebook = np.load(tmp_path / "pq" / m["params"]["codebook"])
+    assert codebook.shape == (8, k, 384 // 8)
+    sub = vectors.astype(np.float32).reshape(40, 8, 1, 48)
+    nearest = ((sub - codebook[None]) ** 2).sum(-1).argmin(-1)
+    assert np.array_equal(nearest, codes)
 
 
 def test_pq_collisions_are_kept_and_reported_then_deduped(tmp_path, cache):

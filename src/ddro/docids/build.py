@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 from typing import Optional
 
 from ..config import as_dict, entry_point, parse_args
@@ -130,12 +132,13 @@ def build_pq(args: DocidArguments, collection: Collection, target: Target, n_doc
         check_dim=lambda dim: check_pq(n_docs, dim, args.pq_subspaces, args.pq_bits))
     log.info("PQ: training %d sub-spaces x %d centroids on %d documents", args.pq_subspaces,
              1 << args.pq_bits, n_docs)
-    codes = pq_codes(vectors, args.pq_subspaces, args.pq_bits, args.seed)
+    codes, centroids = pq_codes(vectors, args.pq_subspaces, args.pq_bits, args.seed)
     tokens = pq_tokens(codes, target.vocab_offset, args.pq_bits)
     n_new = args.pq_subspaces << args.pq_bits
     params = {"subspaces": args.pq_subspaces, "bits": args.pq_bits, "centroids": 1 << args.pq_bits,
               "seed": args.seed, "embedding": embedding}
-    return tokens, n_new, params, lambda toks: dedup_pq(toks, target.vocab_offset + n_new)
+    params["codebook"] = CODEBOOK
+    return tokens, n_new, params, lambda toks: dedup_pq(toks, target.vocab_offset + n_new), {CODEBOOK: centroids}
 
 
 def build_tu(args: DocidArguments, collection: Collection, target: Target, n_docs: int):
@@ -151,12 +154,16 @@ def build_tu(args: DocidArguments, collection: Collection, target: Target, n_doc
         sources["url" if doc.get("url") else "title" if doc["title"].strip() else "text"] += 1
     tokens = encode_tu(strings, target.tokenizer, args.tu_max_tokens, target.eos_token_id)
     params = {"max_tokens": args.tu_max_tokens, "named_by": sources}
-    return tokens, 0, params, lambda toks: dedup_tu(toks, target.tokenizer, args.tu_max_tokens)
+    return tokens, 0, params, lambda toks: dedup_tu(toks, target.tokenizer, args.tu_max_tokens), {}
 
 
 def build_atomic(args: DocidArguments, collection: Collection, target: Target, n_docs: int):
-    return atomic_tokens(n_docs, target.vocab_offset), n_docs, {}, None
+    return atomic_tokens(n_docs, target.vocab_offset), n_docs, {}, None, {}
 
+
+# PQ's centroids, (M, K, d/M) float32: what each docid token stands for in the embedding
+# space (a model may initialise its docid embeddings from them).
+CODEBOOK = "codebook.npy"
 
 BUILDERS = {"pq": build_pq, "tu": build_tu, "atomic": build_atomic}
 
@@ -171,7 +178,7 @@ def run(args: DocidArguments) -> DocidTable:
     check_output(args.out, args.overwrite)
     target = resolve_target(args)
     doc_ids = collection.doc_ids()
-    tokens, add_doc_num, params, dedup = BUILDERS[args.encoding](args, collection, target, len(doc_ids))
+    tokens, add_doc_num, params, dedup, arrays = BUILDERS[args.encoding](args, collection, target, len(doc_ids))
 
     before = DocidTable(doc_ids, tokens).collisions()
     dedup_info: dict = {"enabled": args.dedup, "extra_tokens": 0}
@@ -191,6 +198,8 @@ def run(args: DocidArguments) -> DocidTable:
     collection_hash = manifest_hash(collection.path)
     with atomic_dir(args.out, args.overwrite) as tmp:
         table.save(tmp)
+        for name, array in arrays.items():
+            np.save(tmp / name, array)
         table.manifest = write_manifest(
             tmp, "docids", counts={"docs": len(table), "distinct_docids": collisions["distinct_docids"]},
             config=as_dict(args), inputs={"collection": collection_hash},

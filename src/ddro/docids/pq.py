@@ -41,8 +41,8 @@ def unpack_codes(packed: np.ndarray, subspaces: int, nbits: int) -> np.ndarray:
     return bits @ (1 << np.arange(nbits, dtype=np.int64))
 
 
-def pq_codes(x: np.ndarray, subspaces: int, nbits: int, seed: int) -> np.ndarray:
-    """Train a product quantizer on all rows of `x` and return their codes, (n, M) int64.
+def pq_codes(x: np.ndarray, subspaces: int, nbits: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train a product quantizer on all rows of `x`: (codes (n, M) int64, centroids (M, K, d/M)).
 
     faiss's own `ProductQuantizer.train` seeds every sub-space's k-means alike, so all
     start from the same documents and the M codes come out correlated (on a small
@@ -76,7 +76,7 @@ def pq_codes(x: np.ndarray, subspaces: int, nbits: int, seed: int) -> np.ndarray
     pq = faiss.ProductQuantizer(dim, subspaces, nbits)
     faiss.copy_array_to_vector(centroids.ravel(), pq.centroids)
     pq.sync_transposed_centroids()
-    return unpack_codes(pq.compute_codes(x), subspaces, nbits)
+    return unpack_codes(pq.compute_codes(x), subspaces, nbits), centroids
 
 
 def pq_tokens(codes: np.ndarray, vocab_offset: int, nbits: int) -> list[tuple[int, ...]]:
