@@ -1,0 +1,114 @@
+"""Checkpoint folders: what `save_model` writes and `load_model` checks.
+
+A checkpoint folder is a plain `save_pretrained` folder, loadable anywhere with
+`AutoModelForSeq2SeqLM.from_pretrained(folder)` + `AutoTokenizer.from_pretrained(folder)`::
+
+    config.json, generation_config.json, model.safetensors   the model (safetensors only)
+    tokenizer.json, tokenizer_config.json, ...               the encoder's tokenizer
+    docids.json        a byte copy of the docid folder's manifest.json (so its sha256 is the
+                       docid folder's identity, `manifest_hash`)
+    ddro_model.json    construction, docid manifest hash, vocabulary (rows, offset, pad,
+                       decoder start, eos), tokenizer identity, sizes
+
+`load_model(folder, docids=table)` refuses a checkpoint whose output vocabulary cannot
+hold the table's tokens or that was trained for another docid table.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..docids.table import DocidTable
+from ..errors import DDROError
+from ..io import read_json, write_json
+from ..manifest import MANIFEST, manifest_hash
+from ..tokenizer import check_tokenizer
+from .build import keep_head_untied, output_rows, special_ids
+
+log = logging.getLogger(__name__)
+
+MODEL_INFO = "ddro_model.json"
+DOCIDS_COPY = "docids.json"
+POINTER = "final.json"  # an SFT output folder's pointer to its last completed stage
+
+
+@dataclass
+class LoadedModel:
+    model: object
+    tokenizer: object
+    info: dict
+    path: Path
+
+
+def save_model(model, tokenizer, info: dict, table: DocidTable, folder: str | Path) -> None:
+    """Write a loadable checkpoint folder (weights as safetensors)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    shutil.copyfile(Path(table.path) / MANIFEST, folder / DOCIDS_COPY)
+    info = {**info, "vocab": {**info.get("vocab", {}), "decoder_rows": output_rows(model), **special_ids(model)}}
+    write_json(folder / MODEL_INFO, info)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint folder itself, or the stage an SFT output folder's `final.json` points to."""
+    path = Path(path)
+    if (path / MODEL_INFO).is_file():
+        return path
+    if (path / POINTER).is_file():
+        pointer = read_json(path / POINTER)
+        return resolve_checkpoint(path / pointer["folder"])
+    if path.is_file() and path.name == POINTER:
+        return resolve_checkpoint(path.parent)
+    raise DDROError(f"{path}: not a ddro checkpoint (no {MODEL_INFO} or {POINTER})")
+
+
+def _weights_file(folder: Path) -> None:
+    if not ((folder / "model.safetensors").is_file() or (folder / "model.safetensors.index.json").is_file()):
+        raise DDROError(f"{folder}: no model.safetensors (only safetensors weights are loaded)")
+
+
+def check_docids(info: dict, rows: int, table: DocidTable, what: str) -> None:
+    table.check_vocab(rows, what)
+    have = manifest_hash(table.path)
+    if info.get("docids") != have:
+        raise DDROError(f"{what} was trained for another docid table (manifest {str(info.get('docids'))[:12]}), "
+                        f"not {table.path} ({have[:12]})")
+
+
+def load_model(path: str | Path, docids: DocidTable | str | Path | None = None, *,
+               check_missing: bool = True) -> LoadedModel:
+    """Load a checkpoint folder (or an SFT output folder's final stage), checked against `docids`."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    folder = resolve_checkpoint(path)
+    info = read_json(folder / MODEL_INFO)
+    _weights_file(folder)
+    table = DocidTable.load(docids) if isinstance(docids, (str, Path)) else docids
+    if table is not None:  # cheap checks before reading weights
+        table.check_vocab(info.get("vocab", {}).get("decoder_rows", 0), f"checkpoint {folder}")
+    # An untied T5 head triggers a "will NOT tie them" warning that is exactly what we want; real
+    # problems (missing or unexpected weights) are checked below instead of logged.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, loading = AutoModelForSeq2SeqLM.from_pretrained(
+            folder, use_safetensors=True, trust_remote_code=False, output_loading_info=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise DDROError(f"cannot load checkpoint {folder}: {e}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    bad = {k: v for k, v in loading.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    if check_missing and bad:
+        raise DDROError(f"{folder}: weights do not match the model config ({bad})")
+    if info.get("new_head"):
+        keep_head_untied(model)
+    check_tokenizer(info.get("tokenizer") or {}, tokenizer, f"checkpoint {folder}")
+    if table is not None:
+        check_docids(info, output_rows(model), table, f"checkpoint {folder}")
+    return LoadedModel(model, tokenizer, info, folder)

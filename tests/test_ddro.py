@@ -1,0 +1,284 @@
+"""DDRO: the loss on known numbers, log-prob masking, the pair forward, and the trainer on a tiny T5."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import ddro.train.ddro as ddro_train
+from ddro.errors import DDROError
+from ddro.io import dumps_line
+from ddro.manifest import read_manifest, write_manifest
+from ddro.modeling import ModelArguments, build_model, load_model, save_model
+from ddro.train.ddro import (DDROArguments, DDROTrainingArguments, PairCollator, compute_reference_logps,
+                             disable_dropout, main, query_batches, run)
+from ddro.train.ddro_loss import IGNORE, ddro_loss, docid_logps, pair_logps, sequence_logps
+from test_modeling import WORDS, docid_folder, small_args, tiny_bert_encoder, tiny_pretrained_t5
+
+DOCS = [f"d{i}" for i in range(12)]
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+def test_loss_matches_the_formula_on_known_numbers():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -0.5])
+    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -1.0])
+    out = ddro_loss(pc, pr, rc, rr, beta=0.4)
+    # pair 1: (-1 + 1.5) - (-3 + 2) = 1.5; pair 2: (-2 + 2) - (-0.5 + 1) = -0.5
+    expected = [math.log(1 + math.exp(-0.4 * 1.5)), math.log(1 + math.exp(0.4 * 0.5))]
+    assert out.losses.tolist() == pytest.approx(expected, abs=1e-6)
+    assert out.loss.item() == pytest.approx(sum(expected) / 2, abs=1e-6)
+    assert out.chosen_rewards.tolist() == pytest.approx([0.2, 0.0])
+    assert out.rejected_rewards.tolist() == pytest.approx([-0.4, 0.2])
+    m = out.metrics()
+    assert m["rewards/accuracies"] == 0.5 and m["rewards/margins"] == pytest.approx((0.6 - 0.2) / 2)
+    # identical policy and reference: log 2 whatever the log-probs
+    assert ddro_loss(pc, pr, pc, pr, beta=0.4).loss.item() == pytest.approx(math.log(2))
+
+
+def test_sequence_logps_sums_label_tokens_and_masks_padding():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 4, 7)
+    labels = torch.tensor([[1, 2, 3, 4], [5, 6, IGNORE, IGNORE], [IGNORE] * 4])
+    got = sequence_logps(logits, labels)
+    logp = torch.log_softmax(logits, -1)
+    assert got[0].item() == pytest.approx(sum(logp[0, t, labels[0, t]].item() for t in range(4)), abs=1e-5)
+    assert got[1].item() == pytest.approx(logp[1, 0, 5].item() + logp[1, 1, 6].item(), abs=1e-5)
+    assert got[2].item() == 0.0
+    changed = logits.clone()
+    changed[1, 2:] = 100.0  # logits at padded positions do not count
+    assert sequence_logps(changed, labels)[1].item() == pytest.approx(got[1].item(), abs=1e-6)
+
+
+def test_collator_pads_queries_and_labels():
+    batch = PairCollator(pad_token_id=0)([
+        {"input_ids": [5, 6, 1], "chosen": [10, 11], "rejected": [12, 13, 14], "ref_chosen": -1.0,
+         "ref_rejected": -2.0},
+        {"input_ids": [7, 1], "chosen": [15], "rejected": [16], "ref_chosen": -3.0, "ref_rejected": -4.0}])
+    assert batch["input_ids"].tolist() == [[5, 6, 1], [7, 1, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["chosen_labels"].tolist() == [[10, 11], [15, IGNORE]]
+    assert batch["rejected_labels"].tolist() == [[12, 13, 14], [16, IGNORE, IGNORE]]
+    assert batch["ref_chosen"].tolist() == [-1.0, -3.0]
+
+
+def test_reference_batches_hold_whole_queries():
+    items = np.array([(0, 1), (0, 2), (1, 0), (2, 1), (2, 3), (2, 4), (2, 5), (2, 6), (3, 2)])
+    batches = list(query_batches(items, batch_size=3))
+    assert batches == [(0, 3), (3, 8), (8, 9)]  # query 2 (5 rows) alone, over the limit
+    assert list(query_batches(items, batch_size=100)) == [(0, 9)]
+    assert list(query_batches(items[:0], batch_size=3)) == []
+
+
+# ----------------------------------------------------------------------------- models
+
+@pytest.fixture
+def t5_ckpt(tmp_path):
+    """A T5 "SFT checkpoint" (construction t5 over a tiny random T5) and its docid table."""
+    tok = tiny_pretrained_t5(tmp_path / "t5")
+    table = docid_folder(tmp_path / "docids", DOCS, m=2, k=4, target_vocab="tokenizer", vocab_offset=len(tok),
+                         tokenizer=tok)
+    built = build_model(ModelArguments("t5", str(tmp_path / "t5")), table)
+    with torch.no_grad():  # as after SFT: the untied head differs from the embeddings (an exact copy
+        built.model.lm_head.weight.mul_(1.1)  # reloads tied in transformers 5)
+    save_model(built.model, built.tokenizer, built.info, table, tmp_path / "sft")
+    return tmp_path / "sft", table
+
+
+def negatives_folder(folder, pairs, val_pairs):
+    folder.mkdir()
+    qids = sorted({q for q, _, _ in pairs + val_pairs})
+    with open(folder / "queries.jsonl", "w") as f:
+        for q in qids:
+            i = int(q[1:])
+            f.write(dumps_line({"_id": q, "text": f"{WORDS[i]} {WORDS[i + 5]} {WORDS[(3 * i) % 20]}"}))
+    for name, rows in (("pairs.tsv", pairs), ("val_pairs.tsv", val_pairs)):
+        (folder / name).write_text("".join(f"{q}\t{p}\t{n}\n" for q, p, n in rows))
+    write_manifest(folder, "negatives", inputs={"collection": None}, command=["test"])
+    return folder
+
+
+PAIRS = [(f"q{i}", f"d{i}", f"d{(i + k) % 12}") for i in range(6) for k in (3, 7)]
+VAL = [("q6", "d6", "d1"), ("q6", "d6", "d2")]
+
+
+def ddro_args(tmp_path, ckpt, table, out="out", **train):
+    args = DDROArguments(checkpoint=str(ckpt), docids=str(table.path), negatives=str(tmp_path / "neg"),
+                         ref_cache_dir=str(tmp_path / "cache"))
+    base = dict(output_dir=str(tmp_path / out), learning_rate=3e-3, warmup_steps=0, max_steps=12,
+                per_device_train_batch_size=12, per_device_eval_batch_size=4, logging_steps=1,
+                save_strategy="no", use_cpu=True, seed=0, lr_scheduler_type="constant")
+    return args, DDROTrainingArguments(**{**base, **train})
+
+
+def test_pair_forward_shares_the_encoder_exactly(t5_ckpt, tmp_path):
+    """Encoder-once pair log-probs equal separate full forwards, for T5 and a BERT encoder-decoder."""
+    ckpt, table = t5_ckpt
+    tiny_bert_encoder(tmp_path / "bert")
+    own = docid_folder(tmp_path / "own", DOCS)
+    models = [load_model(ckpt, docids=table).model,
+              build_model(small_args("minilm-decoder", tmp_path / "bert"), own).model]
+    for model, tab in zip(models, (table, own)):
+        model.eval()
+        ids = torch.tensor([[5, 6, 7, 1], [8, 1, 0, 0]])
+        mask = (torch.arange(4)[None] < torch.tensor([[4], [2]])).long()
+        chosen = torch.tensor([tab.tokens[0], tab.tokens[1]])
+        rejected = torch.tensor([[*tab.tokens[2], IGNORE], [*tab.tokens[3], IGNORE]])  # wider, padded
+        c, r = pair_logps(model, ids, mask, chosen, rejected)
+        c2, r2 = pair_logps(model, ids, mask, chosen, rejected, share_encoder=False)
+        assert torch.allclose(c, docid_logps(model, ids, mask, chosen), atol=1e-5)
+        assert torch.allclose(r, docid_logps(model, ids, mask, rejected), atol=1e-5)
+        assert torch.allclose(c, c2, atol=1e-5) and torch.allclose(r, r2, atol=1e-5)
+        assert (c < 0).all()
+
+
+def test_disable_dropout_makes_training_mode_deterministic(t5_ckpt):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model = T5ForConditionalGeneration(T5Config(vocab_size=40, d_model=16, d_ff=32, num_layers=1, num_heads=2,
+                                                d_kv=8, dropout_rate=0.5, decoder_start_token_id=0))
+    model.train()
+    ids, labels = torch.tensor([[3, 4, 5, 1]]), torch.tensor([[6, 7]])
+    assert not torch.equal(model(input_ids=ids, labels=labels).logits, model(input_ids=ids, labels=labels).logits)
+    disable_dropout(model)
+    assert torch.equal(model(input_ids=ids, labels=labels).logits, model(input_ids=ids, labels=labels).logits)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+def query_texts(folder) -> dict[str, str]:
+    return {obj["_id"]: obj["text"] for obj in map(json.loads, open(folder / "queries.jsonl"))}
+
+
+def fixed_batch_stats(model, ref_model, table, tokenizer, queries, pairs):
+    """Mean DDRO loss and reward margin of `model` on `pairs` against `ref_model` (both eval mode)."""
+    ids = ddro_train.encode_queries(tokenizer, [queries[q] for q, _, _ in pairs], True, 64)
+    idx = {d: i for i, d in enumerate(table.doc_ids)}
+    batch = PairCollator(tokenizer.pad_token_id)([
+        {"input_ids": i, "chosen": table.tokens[idx[p]], "rejected": table.tokens[idx[n]], "ref_chosen": 0.0,
+         "ref_rejected": 0.0} for i, (_, p, n) in zip(ids, pairs)])
+    with torch.no_grad():
+        args = (batch["input_ids"], batch["attention_mask"], batch["chosen_labels"], batch["rejected_labels"])
+        pc, pr = pair_logps(model.eval(), *args)
+        rc, rr = pair_logps(ref_model.eval(), *args)
+    out = ddro_loss(pc, pr, rc, rr, beta=0.4)
+    return out.loss.item(), out.metrics()["rewards/margins"]
+
+
+def test_trainer_reduces_the_loss_and_writes_a_loadable_checkpoint(t5_ckpt, tmp_path):
+    ckpt, table = t5_ckpt
+    negatives_folder(tmp_path / "neg", PAIRS, VAL)
+    args, targs = ddro_args(tmp_path, ckpt, table)
+    manifest = run(args, targs)
+    out = tmp_path / "out"
+    assert manifest["kind"] == "ddro" and read_manifest(out, "ddro")["counts"]["train_pairs"] == len(PAIRS)
+    assert manifest["counts"]["val_pairs"] == 2 and manifest["counts"]["steps"] == 12
+    trained = load_model(out, docids=table)  # same layout as an SFT checkpoint
+    ref = load_model(ckpt, docids=table)
+    loss, margin = fixed_batch_stats(trained.model, ref.model, table, ref.tokenizer,
+                                     query_texts(tmp_path / "neg"), PAIRS)
+    assert loss < math.log(2) - 0.05 and margin > 0.1
+    history = json.loads((out / "log_history.json").read_text())
+    train = [h for h in history if "loss" in h]
+    # first step: policy == reference (dropout off, precomputed reference matches): loss log 2
+    assert len(train) == 12 and train[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert train[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+    assert train[-1]["rewards/margins"] > train[0]["rewards/margins"] + 0.5
+    assert train[-1]["rewards/accuracies"] > 0.5 and train[-1]["loss"] < train[0]["loss"]
+    assert any("eval_rewards/accuracies" in h for h in history)
+    assert "eval_loss" in manifest["metrics"]
+    assert not (tmp_path / "out.trainer").exists()  # work folder removed after success
+
+
+def test_reference_cache_is_reused_and_invalidated(t5_ckpt, tmp_path, monkeypatch):
+    ckpt, table = t5_ckpt
+    negatives_folder(tmp_path / "neg", PAIRS, VAL)
+    calls = []
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return compute_reference_logps(*a, **kw)
+
+    monkeypatch.setattr(ddro_train, "compute_reference_logps", counting)
+    run(*ddro_args(tmp_path, ckpt, table, out="a", max_steps=1, eval_strategy="no"))
+    assert len(calls) == 1 and len(list((tmp_path / "cache").glob("ref-*.safetensors"))) == 1
+    run(*ddro_args(tmp_path, ckpt, table, out="b", max_steps=1, eval_strategy="no", learning_rate=1e-4))
+    assert len(calls) == 1  # reused
+    # the same folder, other weights: a new checkpoint identity, a new cache entry
+    loaded = load_model(ckpt, docids=table)
+    with torch.no_grad():
+        loaded.model.get_output_embeddings().weight.mul_(1.5)
+    save_model(loaded.model, loaded.tokenizer, loaded.info, table, ckpt)
+    run(*ddro_args(tmp_path, ckpt, table, out="c", max_steps=1, eval_strategy="no"))
+    assert len(calls) == 2 and len(list((tmp_path / "cache").glob("ref-*.safetensors"))) == 2
+
+
+def test_cached_reference_values_are_the_reference_log_probs(t5_ckpt, tmp_path):
+    from safetensors.numpy import load_file
+
+    ckpt, table = t5_ckpt
+    negatives_folder(tmp_path / "neg", PAIRS, VAL)
+    run(*ddro_args(tmp_path, ckpt, table, max_steps=1, eval_strategy="no"))
+    (cache,) = (tmp_path / "cache").glob("ref-*.safetensors")
+    stored = load_file(str(cache))
+    ref = load_model(ckpt, docids=table)
+    queries = query_texts(tmp_path / "neg")
+    qids = list(queries)
+    q, d = stored["items"][5]
+    ids = torch.tensor([ddro_train.encode_queries(ref.tokenizer, [queries[qids[q]]], True, 64)[0]])
+    with torch.no_grad():
+        want = docid_logps(ref.model.eval(), ids, torch.ones_like(ids), torch.tensor([table.tokens[d]]))
+    assert stored["logps"][5] == pytest.approx(want.item(), abs=1e-5)
+    assert len(stored["items"]) == len({(q_, p) for q_, p, _ in PAIRS + VAL} | {(q_, n) for q_, _, n in PAIRS + VAL})
+
+
+def test_refusals(t5_ckpt, tmp_path):
+    ckpt, table = t5_ckpt
+    negatives_folder(tmp_path / "neg", PAIRS, VAL)
+    (tmp_path / "out.trainer" / "checkpoint-3").mkdir(parents=True)
+    with pytest.raises(DDROError, match="pass --resume"):
+        run(*ddro_args(tmp_path, ckpt, table))
+    args, targs = ddro_args(tmp_path, ckpt, table, out="other")
+    args.resume = True
+    with pytest.raises(DDROError, match="no trainer checkpoint"):
+        run(args, targs)
+    args.overwrite = True
+    with pytest.raises(DDROError, match="not both"):
+        run(args, targs)
+    with pytest.raises(DDROError, match="beta"):
+        args, targs = ddro_args(tmp_path, ckpt, table, out="x")
+        args.beta = 0
+        run(args, targs)
+
+
+def test_cli_config_file_and_resume(t5_ckpt, tmp_path):
+    """`ddro train ddro --config F` runs the same code; a run resumed from its checkpoint ends where an
+    uninterrupted one does."""
+    import yaml
+    from safetensors.torch import load_file
+
+    ckpt, table = t5_ckpt
+    negatives_folder(tmp_path / "neg", PAIRS, VAL)
+    config = {"checkpoint": str(ckpt), "docids": str(table.path), "negatives": str(tmp_path / "neg"),
+              "output_dir": str(tmp_path / "out"), "ref_cache_dir": str(tmp_path / "cache"), "beta": 0.3,
+              "max_steps": 2, "per_device_train_batch_size": 6, "learning_rate": 1e-3, "warmup_steps": 0,
+              "lr_scheduler_type": "constant", "save_strategy": "steps", "save_steps": 1, "eval_strategy": "no",
+              "use_cpu": True, "keep_work_dir": True, "save_total_limit": 10}
+    (tmp_path / "ddro.yaml").write_text(yaml.safe_dump(config))
+    main(["--config", str(tmp_path / "ddro.yaml")])
+    manifest = read_manifest(tmp_path / "out", "ddro")
+    assert manifest["config"]["beta"] == 0.3 and manifest["config"]["max_grad_norm"] == 0.5  # paper default
+    assert sorted(p.name for p in (tmp_path / "out.trainer").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    main(["--config", str(tmp_path / "ddro.yaml"), "--max_steps", "4", "--resume"])
+    assert read_manifest(tmp_path / "out", "ddro")["counts"]["steps"] == 4
+    main(["--config", str(tmp_path / "ddro.yaml"), "--max_steps", "4", "--output_dir", str(tmp_path / "straight"),
+          "--save_strategy", "no"])
+    resumed = load_file(str(tmp_path / "out" / "model.safetensors"))
+    straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    first = load_file(str(tmp_path / "out.trainer" / "checkpoint-1" / "model.safetensors"))
+    assert any(not torch.equal(first[k], straight[k]) for k in straight)
+    for k in straight:
+        torch.testing.assert_close(resumed[k], straight[k], atol=1e-6, rtol=0)

@@ -1,0 +1,289 @@
+"""Model constructions and checkpoint folders, on tiny models built in tmp_path.
+
+The helpers here (docid folders, a tiny "pretrained" T5, a tiny BERT encoder) are shared
+with test_sft.py.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ddro.docids.table import DocidTable
+from ddro.errors import DDROError
+from ddro.manifest import write_manifest
+from ddro.modeling import (MODEL_INFO, ModelArguments, build_model, freeze_encoder_embeddings, load_model,
+                           output_rows, save_model)
+from ddro.tokenizer import tokenizer_identity
+
+WORDS = ("protein cell cancer gene study result brain blood drug risk mouse human patient trial dose "
+         "effect level rate model data").split()
+
+
+# ---------------------------------------------------------------- fixtures written in the real formats
+def t5_tokenizer(folder):
+    """A small T5 (Unigram) tokenizer: pad 0, eos 1, unk 2, then word pieces; saved to `folder`."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(f"▁{w}", -1.0 - i * 0.01) for i, w in enumerate(WORDS)]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def tiny_pretrained_t5(folder):
+    """A random 1-layer T5 + tokenizer saved as if it were a downloaded pretrained model."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    tok = t5_tokenizer(folder)
+    torch.manual_seed(0)
+    # vocab padded beyond the tokenizer, as t5-base (32,128 rows for 32,100 tokens)
+    config = T5Config(vocab_size=len(tok) + 4, d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    return tok
+
+
+def tiny_bert_encoder(folder):
+    """A random 2-layer BERT with the MiniLM WordPiece tokenizer (stands in for offline:minilm)."""
+    from transformers import BertConfig, BertModel
+
+    from ddro.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("offline:minilm")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return tok
+
+
+def docid_folder(folder, doc_ids, *, encoding="pq", m=2, k=4, target_vocab="own", vocab_offset=3,
+                 tokenizer=None, tokens=None):
+    """A docid folder (docids.tsv + manifest kind 'docids') in the documented format."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if tokens is None:  # PQ: token = offset + K*m + code, distinct codes per document
+        tokens = [tuple(vocab_offset + k * j + (i // k ** j) % k for j in range(m)) for i in range(len(doc_ids))]
+    table = DocidTable(list(doc_ids), [tuple(t) for t in tokens])
+    table.save(folder)
+    write_manifest(folder, "docids", encoding=encoding, params={"M": m, "K": k}, vocab_offset=vocab_offset,
+                   add_doc_num=k * m if encoding == "pq" else 0, max_docid_len=max(map(len, table.tokens)),
+                   eos_token_id=None, collection=None,
+                   tokenizer=tokenizer_identity(tokenizer) if tokenizer is not None else None,
+                   target_vocab=target_vocab, collisions=table.collisions(),
+                   dedup={"enabled": False, "extra_tokens": 0}, command=["test"])
+    return DocidTable.load(folder)
+
+
+DOCS = [f"d{i}" for i in range(6)]
+
+
+@pytest.fixture
+def t5_setup(tmp_path):
+    tok = tiny_pretrained_t5(tmp_path / "t5")
+    table = docid_folder(tmp_path / "docids_t5", DOCS, target_vocab="tokenizer", vocab_offset=len(tok),
+                         tokenizer=tok)
+    return tmp_path / "t5", table
+
+
+@pytest.fixture
+def bert_setup(tmp_path):
+    tiny_bert_encoder(tmp_path / "bert")
+    return tmp_path / "bert", docid_folder(tmp_path / "docids_own", DOCS)
+
+
+def small_args(construction, path, **kw):
+    extra = {"hidden_size": 32, "intermediate_size": 64, "encoder_layers": 1, "decoder_layers": 1,
+             "num_heads": 2} if construction != "t5" else {}
+    return ModelArguments(construction=construction, model_name_or_path=str(path), **{**extra, **kw})
+
+
+def batch_for(tokenizer, table, texts=("protein cell", "cancer gene study")):
+    enc = tokenizer(list(texts), padding=True, return_tensors="pt")
+    labels = torch.tensor([table.tokens[i] for i in range(len(texts))])
+    return enc.input_ids, enc.attention_mask, labels
+
+
+def train_steps(model, inputs, mask, labels, steps=15, lr=1e-2):
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss = model(input_ids=inputs, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+# ---------------------------------------------------------------- tests
+CASES = ["t5", "t5-new-head", "t5-scratch", "minilm-decoder"]
+
+
+def built_case(case, t5_setup, bert_setup, tmp_path):
+    if case.startswith("t5") and case != "t5-scratch":
+        path, table = t5_setup
+        return build_model(ModelArguments("t5", str(path), new_head=case == "t5-new-head"), table), table
+    if case == "t5-scratch":
+        path, table = t5_setup
+        return build_model(small_args("t5-scratch", path), table), table
+    path, table = bert_setup
+    return build_model(small_args("minilm-decoder", path), table), table
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_builds_trains_saves_and_reloads_identically(case, t5_setup, bert_setup, tmp_path):
+    built, table = built_case(case, t5_setup, bert_setup, tmp_path)
+    model, tok = built.model, built.tokenizer
+    assert output_rows(model) >= table.required_vocab
+    inputs, mask, labels = batch_for(tok, table)
+    losses = train_steps(model, inputs, mask, labels)
+    assert losses[-1] < 0.5 * losses[0]
+
+    save_model(model, tok, built.info, table, tmp_path / "ckpt")
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    assert not list((tmp_path / "ckpt").glob("*.bin"))
+    loaded = load_model(tmp_path / "ckpt", docids=table)
+    model.eval()
+    loaded.model.eval()
+    with torch.no_grad():
+        a = model(input_ids=inputs, attention_mask=mask, labels=labels).logits
+        b = loaded.model(input_ids=inputs, attention_mask=mask, labels=labels).logits
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert loaded.tokenizer("protein cell").input_ids == tok("protein cell").input_ids
+    # generate works from the saved generation config alone and emits the docid length
+    out = loaded.model.generate(input_ids=inputs, attention_mask=mask, num_beams=2, do_sample=False)
+    assert out.shape[1] == table.max_len + 1
+    assert out[0, 0].item() == built.info["vocab"]["decoder_start"]
+
+
+def test_new_head_is_untied_and_survives_reload(t5_setup, tmp_path):
+    path, table = t5_setup
+    built = build_model(ModelArguments("t5", str(path), new_head=True), table)
+    model = built.model
+    assert model.lm_head.weight is not model.shared.weight
+    torch.testing.assert_close(model.lm_head.weight, model.shared.weight)  # starts as a copy
+    model.tie_weights()  # what from_pretrained / resize do internally: must not re-tie
+    assert model.lm_head.weight is not model.shared.weight
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    save_model(model, built.tokenizer, built.info, table, tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt", docids=table).model
+    loaded.tie_weights()
+    assert loaded.lm_head.weight is not loaded.shared.weight
+    torch.testing.assert_close(loaded.lm_head.weight, model.lm_head.weight)
+    torch.testing.assert_close(loaded.shared.weight, model.shared.weight)
+
+
+def test_tied_head_stays_tied(t5_setup):
+    path, table = t5_setup
+    model = build_model(ModelArguments("t5", str(path), new_head=False), table).model
+    assert model.lm_head.weight is model.shared.weight
+
+
+def test_t5_with_tu_docids_keeps_pretrained_vocab_and_tied_head(tmp_path):
+    from transformers import T5ForConditionalGeneration
+
+    tok = tiny_pretrained_t5(tmp_path / "t5")
+    tokens = [tuple(tok(w).input_ids) for w in WORDS[:6]]  # words + EOS, as TU docids
+    table = docid_folder(tmp_path / "tu", DOCS, encoding="tu", target_vocab="tokenizer", vocab_offset=len(tok),
+                         tokenizer=tok, tokens=tokens)
+    built = build_model(ModelArguments("t5", str(tmp_path / "t5")), table)
+    pretrained = T5ForConditionalGeneration.from_pretrained(tmp_path / "t5")
+    assert built.info["new_head"] is False
+    assert built.model.lm_head.weight is built.model.shared.weight
+    torch.testing.assert_close(built.model.shared.weight, pretrained.shared.weight)
+
+
+def test_t5_vocab_grows_to_docid_table(t5_setup):
+    path, table = t5_setup
+    built = build_model(ModelArguments("t5", str(path)), table)
+    offset = table.manifest["vocab_offset"]
+    assert built.model.shared.weight.shape[0] == offset + table.manifest["add_doc_num"]
+    assert built.info["vocab"]["vocab_offset"] == offset == len(built.tokenizer)
+
+
+def test_t5_refuses_docids_for_another_tokenizer_length(tmp_path):
+    tok = tiny_pretrained_t5(tmp_path / "t5")
+    table = docid_folder(tmp_path / "docids", DOCS, target_vocab="tokenizer", vocab_offset=len(tok) + 5)
+    with pytest.raises(DDROError, match="tokenizer has"):
+        build_model(ModelArguments("t5", str(tmp_path / "t5")), table)
+
+
+def test_constructions_refuse_the_wrong_target_vocab(t5_setup, bert_setup):
+    t5_path, t5_table = t5_setup
+    bert_path, own_table = bert_setup
+    with pytest.raises(DDROError, match="target_vocab 'own'"):
+        build_model(ModelArguments("t5", str(t5_path)), own_table)
+    with pytest.raises(DDROError, match="its own vocabulary"):
+        build_model(small_args("minilm-decoder", bert_path), t5_table)
+
+
+def test_minilm_decoder_uses_own_vocabulary(bert_setup):
+    path, table = bert_setup
+    built = build_model(small_args("minilm-decoder", path), table)
+    vocab = built.info["vocab"]
+    assert (vocab["pad"], vocab["decoder_start"], vocab["eos"]) == (0, 1, 2)
+    assert output_rows(built.model) == table.required_vocab == 3 + 8
+    decoder_emb = built.model.decoder.get_input_embeddings().weight
+    assert decoder_emb is not built.model.encoder.get_input_embeddings().weight
+    # decoder inputs are the labels shifted right behind the decoder start token
+    labels = torch.tensor([[5, 9], [4, -100]])
+    shifted = built.model.prepare_decoder_input_ids_from_labels(labels)
+    assert shifted.tolist() == [[1, 5], [1, 4]]
+
+
+def test_offline_minilm_encoder_builds_with_default_sizes(tmp_path):
+    table = docid_folder(tmp_path / "docids", DOCS)
+    built = build_model(ModelArguments("minilm-decoder"), table)
+    dec = built.model.decoder.config
+    assert (dec.hidden_size, dec.num_hidden_layers, dec.num_attention_heads, dec.intermediate_size) == \
+        (384, 3, 6, 1536)
+    assert dec.is_decoder and dec.add_cross_attention
+    frozen = freeze_encoder_embeddings(built.model)
+    assert frozen == 30522 * 384
+    assert not built.model.encoder.embeddings.word_embeddings.weight.requires_grad
+
+
+def test_freeze_refuses_shared_t5_embeddings(t5_setup):
+    path, table = t5_setup
+    model = build_model(ModelArguments("t5", str(path)), table).model
+    with pytest.raises(DDROError, match="shares its embedding"):
+        freeze_encoder_embeddings(model)
+
+
+def test_load_refuses_vocab_and_docid_mismatch(bert_setup, tmp_path):
+    path, table = bert_setup
+    built = build_model(small_args("minilm-decoder", path), table)
+    save_model(built.model, built.tokenizer, built.info, table, tmp_path / "ckpt")
+    bigger = docid_folder(tmp_path / "docids_big", DOCS, k=8)  # needs 3 + 16 rows
+    with pytest.raises(DDROError, match=r"checkpoint .* has 11 vocabulary rows, docid table .* needs 19"):
+        load_model(tmp_path / "ckpt", docids=bigger)
+    other = docid_folder(tmp_path / "docids_other", DOCS, tokens=[(3 + i % 4, 7) for i in range(6)])
+    with pytest.raises(DDROError, match="another docid table"):
+        load_model(tmp_path / "ckpt", docids=other)
+    info = json.loads((tmp_path / "ckpt" / MODEL_INFO).read_text())
+    assert info["construction"] == "minilm-decoder" and info["vocab"]["decoder_rows"] == 11
+    assert (tmp_path / "ckpt" / "docids.json").read_bytes() == (table.path / "manifest.json").read_bytes()
+
+
+def test_load_refuses_a_folder_without_safetensors(bert_setup, tmp_path):
+    path, table = bert_setup
+    built = build_model(small_args("minilm-decoder", path), table)
+    save_model(built.model, built.tokenizer, built.info, table, tmp_path / "ckpt")
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    with pytest.raises(DDROError, match="safetensors"):
+        load_model(tmp_path / "ckpt")
+
+
+def test_build_is_seeded(t5_setup):
+    path, table = t5_setup
+    a = build_model(small_args("t5-scratch", path), table, seed=3).model
+    b = build_model(small_args("t5-scratch", path), table, seed=3).model
+    c = build_model(small_args("t5-scratch", path), table, seed=4).model
+    torch.testing.assert_close(a.shared.weight, b.shared.weight)
+    assert not torch.equal(a.shared.weight, c.shared.weight)
