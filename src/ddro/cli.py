@@ -21,6 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train sft", "ddro.train.sft", "phase 1: three-stage supervised fine-tuning (doc, pseudo-query, query -> docid)"),
     ("negatives", "ddro.negatives", "phase 2 data: BM25 hard negatives sampled from rank bands"),
     ("train ddro", "ddro.train.ddro", "phase 2: direct document relevance optimisation (pairwise loss)"),
+    ("eval", "ddro.eval.evaluate", "trie-constrained beam search on a split: TREC run + metrics"),
     ("bm25", "ddro.bm25", "BM25 baseline run and metrics on a split"),
     ("pipeline", "ddro.pipeline", "run every stage built so far, skipping finished ones"),
 ]

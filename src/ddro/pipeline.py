@@ -1,73 +1,207 @@
-"""`ddro pipeline`: run every stage in order, skipping those whose outputs are complete.
+"""`ddro pipeline`: every stage in order on one collection, skipping the finished ones.
 
-Output layout (each stage writes one folder or file with its manifest)::
+The pipeline is only a sequencer. For each stage it writes the stage's config file
+(`OUT/configs/<stage>.json`: the preset's section plus the paths that chain the stages)
+and runs that stage's own entry point with `--config` — exactly what a user would type,
+so any stage can be rerun by hand with `ddro <command> --config OUT/configs/<stage>.json`.
 
-    OUT/collection/      the imported collection (BEIR layout + manifest)
+A stage is skipped when its output is complete and `OUT/pipeline.json` records that it
+was built from the same config and the same upstream outputs (manifest hashes);
+otherwise it is rebuilt, and everything downstream of it with it.
 
-Later stages add their folders here. A stage is skipped when its output folder exists
-and its manifest says it was built from the same inputs and config; otherwise it is
-rebuilt. Presets (`tiny`, `small`) fix every stage's settings.
+    OUT/collection/   imported collection          OUT/bm25/         BM25 run + metrics
+    OUT/docids/       docid table                  OUT/eval/sft/     SFT run + metrics
+    OUT/pseudo_queries/                            OUT/negatives/    BM25 hard negatives
+    OUT/instances/    SFT training + eval files    OUT/ddro/         DDRO checkpoint
+    OUT/sft/          stage checkpoints            OUT/eval/ddro/    DDRO run + metrics
+    OUT/runs/<system>.test.run    OUT/results.md   the systems side by side
 """
 from __future__ import annotations
 
+import importlib
+import importlib.resources
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
+
+import yaml
 
 from .config import entry_point, parse_args
 from .errors import DDROError
-from .manifest import MANIFEST, read_manifest
+from .io import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
-PRESETS = ("tiny", "small")
+STATE = "pipeline.json"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in importlib.resources.files("ddro.presets").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_preset(name: str) -> dict:
+    path = Path(name)
+    if not path.is_file():
+        if name not in preset_names():
+            raise DDROError(f"unknown preset {name!r} (choose from {', '.join(preset_names())}, or give a YAML file)")
+        path = Path(str(importlib.resources.files("ddro.presets") / f"{name}.yaml"))
+    preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(preset, dict) or not all(isinstance(v, dict) for v in preset.values()):
+        raise DDROError(f"{path}: a preset maps stage names to mappings of arguments")
+    return preset
 
 
 @dataclass
 class PipelineArguments:
     collection: str = field(metadata={"help": "a BEIR-layout folder, or a BEIR dataset name "
-                                              "(looked up in --collections-dir, else downloaded)"})
+                                              "(looked up in --collections_dir, else downloaded)"})
     output: str = field(metadata={"help": "folder for every stage's outputs"})
-    preset: str = field(default="tiny", metadata={"help": f"settings for every stage: {', '.join(PRESETS)}"})
+    preset: str = field(default="tiny", metadata={"help": "settings of every stage: tiny, small, or a YAML file"})
     collections_dir: str = field(default="resources/collections",
                                  metadata={"help": "where named collections are looked up"})
+    split: str = field(default="test", metadata={"help": "split evaluated and reported"})
+    stop_after: Optional[str] = field(default=None, metadata={"help": "stop after this stage"})
 
 
-def _done(folder: Path, kind: str) -> bool:
-    """A stage output counts as finished only when its manifest is there (written last)."""
-    if not (folder / MANIFEST).is_file():
-        return False
-    read_manifest(folder, kind)
-    return True
+@dataclass
+class Stage:
+    name: str            # config section and output folder under OUT
+    module: str          # its entry point
+    out_key: str         # the argument naming its output
+    done_file: str       # written last: the output is complete when it exists
+    upstream: tuple[str, ...]
+    paths: Callable[[Path, "PipelineArguments", dict], dict]  # arguments that chain the stages
 
 
-def import_collection(args: PipelineArguments, out: Path) -> Path:
-    from .data.beir import BeirArguments, run
-
-    target = out / "collection"
-    if _done(target, "collection"):
-        log.info("collection: %s is complete, skipping", target)
-        return target
-    src = Path(args.collection)
-    named = Path(args.collections_dir) / args.collection
+def _collection_source(args: PipelineArguments) -> dict:
+    src, named = Path(args.collection), Path(args.collections_dir) / args.collection
     if src.is_dir():
-        beir = BeirArguments(out=str(target), path=str(src), overwrite=True)
-    elif named.is_dir():
-        beir = BeirArguments(out=str(target), path=str(named), overwrite=True)
-    else:
-        beir = BeirArguments(out=str(target), name=args.collection, overwrite=True)
-    run(beir)
-    return target
+        return {"path": str(src)}
+    if named.is_dir():
+        return {"path": str(named)}
+    return {"name": args.collection}
+
+
+def _has_train(out: Path) -> bool:
+    return (out / "collection" / "qrels" / "train.tsv").is_file()
+
+
+STAGES = [
+    Stage("collection", "ddro.data.beir", "out", "manifest.json", (),
+          lambda out, args, preset: _collection_source(args)),
+    Stage("docids", "ddro.docids.build", "out", "manifest.json", ("collection",),
+          lambda out, args, preset: {"collection": str(out / "collection")}),
+    Stage("pseudo_queries", "ddro.pseudo_queries", "out", "manifest.json", ("collection",),
+          lambda out, args, preset: {"collection": str(out / "collection")}),
+    Stage("instances", "ddro.instances", "out", "manifest.json", ("collection", "docids", "pseudo_queries"),
+          lambda out, args, preset: {"collection": str(out / "collection"), "docids": str(out / "docids"),
+                                     "pseudo_queries": str(out / "pseudo_queries")}),
+    Stage("sft", "ddro.train.sft", "output_dir", "final.json", ("docids", "instances"),
+          lambda out, args, preset: {"instances": str(out / "instances"), "docids": str(out / "docids")}),
+    Stage("bm25", "ddro.bm25", "out", "manifest.json", ("collection",),
+          lambda out, args, preset: {"collection": str(out / "collection"), "split": args.split, "tag": "bm25"}),
+    Stage("eval_sft", "ddro.eval.evaluate", "out", "manifest.json", ("sft", "docids", "instances"),
+          lambda out, args, preset: {**preset.get("eval", {}), "model": str(out / "sft"),
+                                     "docids": str(out / "docids"), "instances": str(out / "instances"),
+                                     "split": args.split, "tag": "sft"}),
+    Stage("negatives", "ddro.negatives", "out", "manifest.json", ("collection", "pseudo_queries"),
+          lambda out, args, preset: {"collection": str(out / "collection"), **(
+              {} if _has_train(out) else {"queries": "pseudo", "pseudo_queries": str(out / "pseudo_queries")})}),
+    Stage("ddro", "ddro.train.ddro", "output_dir", "manifest.json", ("sft", "docids", "negatives"),
+          lambda out, args, preset: {"checkpoint": str(out / "sft"), "docids": str(out / "docids"),
+                                     "negatives": str(out / "negatives")}),
+    Stage("eval_ddro", "ddro.eval.evaluate", "out", "manifest.json", ("ddro", "docids", "instances"),
+          lambda out, args, preset: {**preset.get("eval", {}), "model": str(out / "ddro"),
+                                     "docids": str(out / "docids"), "instances": str(out / "instances"),
+                                     "split": args.split, "tag": "ddro"}),
+]
+FOLDERS = {"eval_sft": "eval/sft", "eval_ddro": "eval/ddro"}
+RUNS = {"bm25": "bm25", "eval_sft": "sft", "eval_ddro": "ddro"}  # stage -> system name in runs/
+
+
+def stage_folder(out: Path, stage: Stage) -> Path:
+    return out / FOLDERS.get(stage.name, stage.name)
+
+
+def stage_config(out: Path, args: PipelineArguments, preset: dict, stage: Stage) -> dict:
+    section = {} if stage.name.startswith("eval_") else preset.get(stage.name, {})
+    return {**section, **stage.paths(out, args, preset), stage.out_key: str(stage_folder(out, stage))}
+
+
+def output_hash(out: Path, stage: Stage) -> str | None:
+    done = stage_folder(out, stage) / stage.done_file
+    return sha256_file(done) if done.is_file() else None
+
+
+def run_stage(out: Path, stage: Stage, config: dict, state: dict) -> None:
+    """Run one stage unless its recorded config and upstream outputs are unchanged."""
+    upstream = {name: state.get(name, {}).get("output") for name in stage.upstream}
+    record = {"config": config, "upstream": upstream}
+    previous = state.get(stage.name, {})
+    current = output_hash(out, stage)
+    if current and previous.get("output") == current and \
+            {k: previous.get(k) for k in record} == record:
+        log.info("[%s] up to date, skipping", stage.name)
+        return
+    config_file = out / "configs" / f"{stage.name}.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json(config_file, config)
+    folder = stage_folder(out, stage)
+    if folder.exists():  # stale or incomplete: rebuilt from scratch
+        shutil.rmtree(folder)
+    log.info("[%s] ddro %s --config %s", stage.name, stage.module, config_file)
+    importlib.import_module(stage.module).main(["--config", str(config_file)])
+    produced = output_hash(out, stage)
+    if produced is None:
+        raise DDROError(f"stage {stage.name} finished without writing {folder / stage.done_file}")
+    state[stage.name] = {**record, "output": produced}
+    write_json(out / STATE, state)
+
+
+def write_results(out: Path, split: str) -> Path:
+    """Copy the runs to OUT/runs/ and tabulate every system, with SFT vs DDRO t-tests."""
+    from .eval.metrics import METRICS, paired_ttest, read_per_query, results_table
+
+    systems, per_query = {}, {}
+    (out / "runs").mkdir(exist_ok=True)
+    for stage_name, system in RUNS.items():
+        folder = stage_folder(out, next(s for s in STAGES if s.name == stage_name))
+        if (folder / "metrics.json").is_file():
+            shutil.copyfile(folder / "run.trec", out / "runs" / f"{system}.{split}.run")
+            systems[system] = read_json(folder / "metrics.json")
+            per_query[system] = read_per_query(folder / "per_query.csv")
+    lines = [f"# Results on `{split}`", "", results_table(systems), ""]
+    if "sft" in per_query and "ddro" in per_query:
+        lines += ["## DDRO vs SFT (paired t-test over queries)", "", "| metric | SFT | DDRO | diff | p |",
+                  "|---|---|---|---|---|"]
+        for metric in METRICS:
+            t = paired_ttest(per_query["sft"], per_query["ddro"], metric)
+            lines.append(f"| {metric} | {systems['sft'][metric]:.4f} | {systems['ddro'][metric]:.4f} | "
+                         f"{t['mean_diff']:+.4f} | {t['p_value']:.3g} |")
+    path = out / "results.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def run_pipeline(args: PipelineArguments) -> Path:
-    if args.preset not in PRESETS:
-        raise DDROError(f"unknown preset '{args.preset}' (choose from {', '.join(PRESETS)})")
+    preset = load_preset(args.preset)
+    unknown = set(preset) - {s.name for s in STAGES} - {"eval"}
+    if unknown:
+        raise DDROError(f"preset {args.preset}: unknown stage sections {sorted(unknown)}")
+    if args.stop_after and args.stop_after not in {s.name for s in STAGES}:
+        raise DDROError(f"--stop_after: unknown stage {args.stop_after!r}")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    collection = import_collection(args, out)
-    log.info("collection ready: %s", collection)
+    state = read_json(out / STATE) if (out / STATE).is_file() else {}
+    for stage in STAGES:
+        run_stage(out, stage, stage_config(out, args, preset, stage), state)
+        if stage.name == args.stop_after:
+            break
+    results = write_results(out, args.split)
+    log.info("results: %s", results)
     return out
 
 
@@ -76,7 +210,7 @@ def main(argv=None):
     """Run the whole pipeline on one collection (stages already complete are skipped)."""
     (args,) = parse_args([PipelineArguments], argv, prog="ddro pipeline", description=main.__doc__)
     out = run_pipeline(args)
-    print(f"pipeline outputs: {out.resolve()}")
+    print(f"pipeline outputs: {out.resolve()}\nresults: {(out / 'results.md').resolve()}")
 
 
 if __name__ == "__main__":

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from ..config import as_dict, entry_point, parse_args
 from ..data.collection import Collection
 from ..errors import DDROError
-from ..eval.metrics import evaluate, write_per_query
-from ..eval.runs import write_run
-from ..io import atomic_dir, check_output, write_json
+from ..eval.metrics import write_run_folder
+from ..io import atomic_dir, check_output
 from ..manifest import MANIFEST, manifest_hash, write_manifest
 from .backends import ANSERINI_B, ANSERINI_K1, BACKENDS, build_index, doc_text
 
@@ -52,22 +51,19 @@ def run(args: BM25Arguments) -> dict:
     index = build_index(args.backend, ((d["_id"], doc_text(d)) for d in collection.iter_docs()),
                         k1=args.k1, b=args.b, stem=args.stem, stopwords=args.stopwords, threads=args.threads)
     hits = index.search(queries, args.k)
-    metrics, per_query = evaluate(hits, qrels)
-    log.info("%s %s: %s", args.backend, args.split,
-             ", ".join(f"{m} {v:.4f}" if isinstance(v, float) else f"{m} {v}" for m, v in metrics.items()))
     has_manifest = (collection.path / MANIFEST).is_file()
     if not has_manifest:
         log.warning("%s has no %s: the run cannot record which collection it came from", collection.path, MANIFEST)
     with atomic_dir(args.out, args.overwrite) as tmp:
-        write_run(tmp / "run.trec", hits, args.tag)
-        write_json(tmp / "metrics.json", metrics)
-        write_per_query(tmp / "per_query.csv", per_query)
+        metrics, _ = write_run_folder(tmp, hits, qrels, args.tag)
         manifest = write_manifest(
             tmp, "run", config=as_dict(args),
             inputs={"collection": manifest_hash(collection.path) if has_manifest else None},
             counts={"docs": len(index), "queries": len(queries), "evaluated_queries": metrics["queries"],
                     "hits": sum(len(h) for h in hits.values())},
             split=args.split, metrics=metrics)
+    log.info("%s %s: %s", args.backend, args.split,
+             ", ".join(f"{m} {v:.4f}" if isinstance(v, float) else f"{m} {v}" for m, v in metrics.items()))
     log.info("run written to %s", args.out)
     return manifest
 

@@ -132,3 +132,18 @@ def results_table(systems: Mapping[str, Mapping[str, float]], digits: int = 4) -
         cells = [f"{values[m]:.{digits}f}" if m in values else "" for m in metrics]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def write_run_folder(folder: str | os.PathLike, hits: Mapping[str, list[tuple[str, float]]], qrels: Qrels,
+                     tag: str) -> tuple[dict[str, float | int], PerQuery]:
+    """The files of every retrieval output (BM25 or generative): `run.trec`,
+    `metrics.json` and `per_query.csv`; returns (metrics, per query)."""
+    from ..io import write_json
+    from .runs import write_run
+
+    folder = Path(folder)
+    metrics, per_query = evaluate(hits, qrels)
+    write_run(folder / "run.trec", hits, tag)
+    write_json(folder / "metrics.json", metrics)
+    write_per_query(folder / "per_query.csv", per_query)
+    return metrics, per_query

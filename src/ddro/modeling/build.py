@@ -67,6 +67,9 @@ class ModelArguments:
     dropout: float = field(default=0.1, metadata={"help": "dropout of the randomly initialised parts"})
     freeze_encoder_embeddings: bool = field(default=False, metadata={
         "help": "do not train the encoder's word embeddings (minilm-decoder; saves optimizer time)"})
+    freeze_encoder: bool = field(default=False, metadata={
+        "help": "do not train the encoder at all (a pretrained encoder: only the decoder learns, about "
+                "3x faster per instance on CPU); weights it shares with the decoder still train"})
 
 
 @dataclass
@@ -270,3 +273,15 @@ def freeze_encoder_embeddings(model) -> int:
                         "decoder (T5), so freezing it would freeze the docid tokens too")
     weight.requires_grad_(False)
     return weight.numel()
+
+
+def freeze_encoder(model) -> int:
+    """Stop training every encoder weight the decoder does not share; returns how many."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.decoder
+    shared = {id(p) for p in decoder.parameters()} | {id(model.get_output_embeddings().weight)}
+    frozen = 0
+    for p in model.get_encoder().parameters():
+        if id(p) not in shared:
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen

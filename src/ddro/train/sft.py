@@ -33,7 +33,7 @@ from ..docids.table import DocidTable
 from ..errors import DDROError
 from ..io import atomic_file, dumps_line, read_json, write_json
 from ..manifest import MANIFEST, manifest_hash, read_manifest, write_manifest
-from ..modeling import build_model, freeze_encoder_embeddings, load_model, output_rows, save_model
+from ..modeling import build_model, freeze_encoder, freeze_encoder_embeddings, load_model, output_rows, save_model
 from ..modeling.checkpoint import POINTER, resolve_checkpoint
 from ..tokenizer import check_tokenizer
 from .arguments import SCHEDULES, DataArguments, ModelArguments, SftArguments, SftTrainingArguments
@@ -295,7 +295,9 @@ def train_stage(ctx: Context, stage, dataset: InstanceDataset, init: Path | None
     model, tokenizer, info = initial_model(ctx, init)
     check_tokenizer(ctx.instances_manifest.get("tokenizer") or {}, tokenizer, f"instances {ctx.data_args.instances}")
     check_input_vocab(dataset, len(tokenizer), f"{ctx.data_args.instances} stage {stage}")
-    if ctx.model_args.freeze_encoder_embeddings:
+    if ctx.model_args.freeze_encoder:
+        log.info("froze %s encoder parameters", f"{freeze_encoder(model):,}")
+    elif ctx.model_args.freeze_encoder_embeddings:
         log.info("froze %s encoder embedding parameters", f"{freeze_encoder_embeddings(model):,}")
     args = stage_training_args(ctx, folder, epochs, lr, batch, sequential=stage == "mixed")
     trainer = _make_trainer_class()(

@@ -1,0 +1,84 @@
+"""End to end: the whole pipeline on a real (small) collection, offline, with a micro preset."""
+import re
+
+import ir_measures
+import pytest
+import yaml
+
+from ddro.data.collection import Collection
+from ddro.pipeline import PipelineArguments, run_pipeline
+
+MICRO = {
+    "docids": {"encoding": "pq", "target_vocab": "own", "pq_subspaces": 4, "pq_bits": 4, "dedup": True,
+               "embed_max_length": 64},
+    "pseudo_queries": {"method": "spans", "per_doc": 3},
+    "instances": {"tokenizer": "offline:minilm", "lowercase": False, "stage1_max_length": 48,
+                  "passages_per_doc": 2},
+    "sft": {"construction": "minilm-decoder", "decoder_layers": 1, "freeze_encoder_embeddings": True,
+            "schedule": "mixed", "mix_epochs": 1, "max_steps": 6, "per_device_train_batch_size": 16,
+            "learning_rate": 0.001, "logging_steps": 2, "save_steps": 1000, "report_to": "none"},
+    "bm25": {"k1": 0.9, "b": 0.4},
+    "negatives": {"negatives": 2, "bands": "1-10", "val_fraction": 0.1},
+    "eval": {"beams": 5, "batch_size": 8},
+    "ddro": {"beta": 0.4, "learning_rate": 0.00001, "max_steps": 3, "per_device_train_batch_size": 8,
+             "warmup_steps": 0, "eval_strategy": "no", "save_strategy": "no"},
+}
+
+ROW = re.compile(r"^\| (\w+) \|")
+
+
+@pytest.fixture(scope="module")
+def pipeline_out(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    preset = out.parent / "micro.yaml"
+    preset.write_text(yaml.safe_dump(MICRO))
+    args = PipelineArguments(collection=str(shared_data / "adi"), output=str(out / "adi"), preset=str(preset))
+    run_pipeline(args)
+    return args, out / "adi"
+
+
+def test_pipeline_writes_runs_and_results(pipeline_out):
+    _, out = pipeline_out
+    for system in ("bm25", "sft", "ddro"):
+        assert (out / "runs" / f"{system}.test.run").is_file()
+    rows = [m.group(1) for line in (out / "results.md").read_text().splitlines() if (m := ROW.match(line))]
+    assert {"bm25", "sft", "ddro"} <= set(rows)
+    assert "paired t-test" in (out / "results.md").read_text()
+
+
+def test_results_agree_with_ir_measures_on_the_run_files(pipeline_out):
+    """The numbers in metrics.json are what ir_measures computes from the TREC runs."""
+    import json
+
+    _, out = pipeline_out
+    qrels = Collection(out / "collection").qrels("test")
+    judged = {q: {d: s for d, s in docs.items() if s >= 1} for q, docs in qrels.items()}
+    judged = {q: d for q, d in judged.items() if d}
+    for system, folder in (("bm25", "bm25"), ("sft", "eval/sft"), ("ddro", "eval/ddro")):
+        run = {}
+        for line in (out / "runs" / f"{system}.test.run").read_text().splitlines():
+            qid, _, doc, rank, score, _ = line.split()
+            run.setdefault(qid, {})[doc] = float(score)
+        values = {q: 0.0 for q in judged}
+        for m in ir_measures.iter_calc([ir_measures.parse_measure("nDCG@10")], judged, run):
+            values[m.query_id] = m.value
+        expected = sum(values.values()) / len(values)
+        assert json.loads((out / folder / "metrics.json").read_text())["nDCG@10"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_rerun_skips_every_finished_stage(pipeline_out, caplog):
+    args, out = pipeline_out
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
+    with caplog.at_level("INFO"):
+        run_pipeline(args)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")} == before
+    assert caplog.text.count("up to date, skipping") == 10
+
+
+def test_collection_without_train_split_trains_ddro_on_pseudo_queries(pipeline_out):
+    import json
+
+    _, out = pipeline_out
+    manifest = json.loads((out / "negatives" / "manifest.json").read_text())
+    assert manifest["config"]["queries"] == "pseudo"
+    assert (out / "ddro" / "manifest.json").is_file()
