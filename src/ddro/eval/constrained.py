@@ -197,9 +197,10 @@ def constrained_generate(model, input_ids: torch.Tensor, attention_mask: torch.T
     leaves = walk(tt, generated)
     length = (generated == trie.end_token).int().argmax(1) + 1          # tokens up to the first end
     query = torch.arange(len(seqs), device=seqs.device) // nrs
-    scores = processor.finished_log_probs(query, leaves) / length.double() ** length_penalty
+    log_probs = processor.finished_log_probs(query, leaves).tolist()
+    scores = [lp / n ** length_penalty for lp, n in zip(log_probs, length.tolist())]
     is_leaf = tt.leaf[leaves].tolist()
-    leaves, scores = leaves.cpu().numpy(), scores.tolist()
+    leaves = leaves.cpu().numpy()
     docid_index = trie.docid_index(leaves)
     results: list[list[Beam]] = []
     for q in range(len(seqs) // nrs):
