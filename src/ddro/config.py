@@ -121,6 +121,7 @@ def save_config(folder: str | Path, *args: Any) -> None:
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # lists every CPU build it tries
 
 
 def entry_point(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequence[str] | None], None]:
