@@ -16,7 +16,7 @@ from ddro.modeling import ModelArguments, build_model, load_model, save_model
 from ddro.train.ddro import (DDROArguments, DDROTrainingArguments, PairCollator, compute_reference_logps,
                              disable_dropout, main, query_batches, run)
 from ddro.train.ddro_loss import IGNORE, ddro_loss, docid_logps, pair_logps, sequence_logps
-from test_modeling import WORDS, docid_folder, small_args, tiny_bert_encoder, tiny_pretrained_t5
+from model_fixtures import WORDS, docid_folder, small_args, tiny_bert_encoder, tiny_pretrained_t5
 
 DOCS = [f"d{i}" for i in range(12)]
 

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_modeling import DOCS, WORDS, docid_folder, tiny_bert_encoder
+from model_fixtures import DOCS, WORDS, docid_folder, tiny_bert_encoder
 
 from ddro.errors import DDROError, InputError
 from ddro.io import dumps_line
@@ -257,7 +257,7 @@ def test_encoder_learning_rate_makes_param_groups(setup):
 
 
 def test_encoder_only_parameters_exclude_t5_shared_embedding(tmp_path):
-    from test_modeling import small_args, t5_tokenizer
+    from model_fixtures import small_args, t5_tokenizer
 
     tok = t5_tokenizer(tmp_path / "tok")
     table = docid_folder(tmp_path / "d", DOCS, target_vocab="tokenizer", vocab_offset=len(tok), tokenizer=tok)
@@ -285,7 +285,7 @@ def test_cli_with_yaml_config(setup, capsys):
 
 
 def test_t5_construction_trains_through_the_trainer(tmp_path):
-    from test_modeling import tiny_pretrained_t5
+    from model_fixtures import tiny_pretrained_t5
 
     tok = tiny_pretrained_t5(tmp_path / "t5")
     table = docid_folder(tmp_path / "docids", DOCS, target_vocab="tokenizer", vocab_offset=len(tok), tokenizer=tok)

@@ -13,21 +13,7 @@ DIR="${1:-resources/downloads/nq}"
 BASE="${NQ_BASE_URL:-https://storage.googleapis.com/natural_questions}"
 DEV_SHARDS=(nq-dev-00 nq-dev-01 nq-dev-02 nq-dev-03 nq-dev-04)
 
-run() { echo "+ $*" >&2; "$@"; }
-
-fetch() {  # fetch URL DEST: skip when DEST exists, else download to DEST.part and rename
-  local url=$1 dest=$2
-  if [[ -s $dest ]]; then
-    echo "already there: $dest" >&2
-    return
-  fi
-  if command -v curl >/dev/null; then
-    run curl -fL --retry 3 -C - -o "$dest.part" "$url"
-  else
-    run wget -c -O "$dest.part" "$url"
-  fi
-  run mv "$dest.part" "$dest"
-}
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 run mkdir -p "$DIR/dev-shards"
 fetch "$BASE/v1.0-simplified/simplified-nq-train.jsonl.gz" "$DIR/simplified-nq-train.jsonl.gz"
