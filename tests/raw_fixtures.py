@@ -82,3 +82,25 @@ def t5_tokenizer(folder):
     tok = T5Tokenizer(vocab=vocab, extra_ids=0)
     tok.save_pretrained(folder)
     return tok
+
+
+def run_with_fake_curl(script: Path, dest: Path, tmp_path: Path, writes: str):
+    """Run a download script with a stand-in `curl` on PATH: it appends each URL to
+    tmp_path/urls.txt and runs the shell snippet `writes` (with $url, $out set)."""
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "urls.txt"
+    fake = bin_dir / "curl"
+    fake.write_text('#!/usr/bin/env bash\nout=""; url=""\nwhile [[ $# -gt 0 ]]; do\n'
+                    '  case $1 in -o) out=$2; shift 2;; -C) shift 2;; --retry) shift 2;; -*) shift;;'
+                    ' *) url=$1; shift;; esac\ndone\n'
+                    f'echo "$url" >> {log}\n{writes}\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", str(script), str(dest)], env=env, capture_output=True, text=True)
+    urls = log.read_text().split() if log.is_file() else []
+    return proc, urls
+

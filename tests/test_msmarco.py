@@ -1,5 +1,4 @@
 """`ddro data msmarco`: top-300k from raw MS MARCO files written in their real formats."""
-import os
 import subprocess
 from pathlib import Path
 
@@ -7,7 +6,7 @@ import pytest
 
 from ddro.data.collection import Collection
 from ddro.data.msmarco import main
-from raw_fixtures import write_trec_qrels, write_tsv
+from raw_fixtures import run_with_fake_curl, write_trec_qrels, write_tsv
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "data" / "download_msmarco.sh"
@@ -121,25 +120,15 @@ def test_download_script_syntax():
 
 def test_download_script_fetches_official_urls(tmp_path):
     """Run the script against a stand-in `curl` that records its URL and writes the file."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "urls.txt"
-    fake = bin_dir / "curl"
-    fake.write_text('#!/usr/bin/env bash\nout=""; url=""\nwhile [[ $# -gt 0 ]]; do\n'
-                    '  case $1 in -o) out=$2; shift 2;; -C) shift 2;; --retry) shift 2;; -*) shift;;'
-                    ' *) url=$1; shift;; esac\ndone\n'
-                    f'echo "$url" >> {log}\nprintf data > "$out"\n')
-    fake.chmod(0o755)
     dest = tmp_path / "dl"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(SCRIPT), str(dest)], env=env, capture_output=True, text=True)
+    proc, urls = run_with_fake_curl(SCRIPT, dest, tmp_path, 'printf data > "$out"')
     assert proc.returncode == 0, proc.stderr
     base = "https://msmarco.z22.web.core.windows.net/msmarcoranking/"
     names = ["msmarco-docs.tsv.gz", "msmarco-doctrain-queries.tsv.gz", "msmarco-doctrain-qrels.tsv.gz",
              "msmarco-docdev-queries.tsv.gz", "msmarco-docdev-qrels.tsv.gz"]
-    assert log.read_text().split() == [base + n for n in names]
+    assert urls == [base + n for n in names]
     assert sorted(p.name for p in dest.iterdir()) == sorted(names)
     assert "+ curl" in proc.stderr  # prints what it runs
     # a second run downloads nothing
-    subprocess.run(["bash", str(SCRIPT), str(dest)], env=env, check=True, capture_output=True)
-    assert len(log.read_text().split()) == len(names)
+    proc, urls = run_with_fake_curl(SCRIPT, dest, tmp_path, 'printf data > "$out"')
+    assert proc.returncode == 0 and len(urls) == len(names)

@@ -1,7 +1,6 @@
 """`ddro data nq`: NQ320k from raw Natural Questions files written in their real formats."""
 import gzip
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -9,7 +8,7 @@ import pytest
 
 from ddro.data.collection import Collection
 from ddro.data.nq import main
-from raw_fixtures import nq_full_line, nq_simplified_line, wiki_page_tokens, write_jsonl
+from raw_fixtures import nq_full_line, nq_simplified_line, run_with_fake_curl, wiki_page_tokens, write_jsonl
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "data" / "download_nq.sh"
@@ -117,24 +116,14 @@ def test_download_script_syntax():
 
 def test_download_script_concatenates_dev_shards(tmp_path):
     """Run the script against a stand-in `curl`: official URLs, dev shards joined in order."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    log = tmp_path / "urls.txt"
-    fake = bin_dir / "curl"
-    # writes a one-line gzip member naming the file it was asked for
-    fake.write_text('#!/usr/bin/env bash\nout=""; url=""\nwhile [[ $# -gt 0 ]]; do\n'
-                    '  case $1 in -o) out=$2; shift 2;; -C) shift 2;; --retry) shift 2;; -*) shift;;'
-                    ' *) url=$1; shift;; esac\ndone\n'
-                    f'echo "$url" >> {log}\n'
-                    'printf \'{"shard": "%s"}\\n\' "$(basename "$url")" | gzip -c > "$out"\n')
-    fake.chmod(0o755)
     dest = tmp_path / "dl"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    proc = subprocess.run(["bash", str(SCRIPT), str(dest)], env=env, capture_output=True, text=True)
+    # each download is a one-line gzip member naming the file it was asked for
+    proc, urls = run_with_fake_curl(SCRIPT, dest, tmp_path,
+                                    'printf \'{"shard": "%s"}\\n\' "$(basename "$url")" | gzip -c > "$out"')
     assert proc.returncode == 0, proc.stderr
     base = "https://storage.googleapis.com/natural_questions/"
     shards = [f"nq-dev-0{i}.jsonl.gz" for i in range(5)]
-    assert log.read_text().split() == [base + "v1.0-simplified/simplified-nq-train.jsonl.gz",
+    assert urls == [base + "v1.0-simplified/simplified-nq-train.jsonl.gz",
                                        *(base + "v1.0/dev/" + s for s in shards)]
     with gzip.open(dest / "nq-dev-all.jsonl.gz", "rt") as f:
         assert [json.loads(line)["shard"] for line in f] == shards
