@@ -72,3 +72,8 @@ def read_manifest(folder: str | Path, kind: str | None = None) -> dict:
 def manifest_hash(folder: str | Path) -> str:
     """Identity of an output folder: the sha256 of its manifest."""
     return sha256_file(Path(folder) / MANIFEST)
+
+
+def manifest_hash_or_none(folder: str | Path | None) -> str | None:
+    """`manifest_hash`, or None for a folder without a manifest (e.g. a raw BEIR folder)."""
+    return manifest_hash(folder) if folder is not None and (Path(folder) / MANIFEST).is_file() else None

@@ -42,7 +42,7 @@ from .config import as_dict, entry_point, parse_args
 from .data.collection import Collection
 from .errors import DDROError, InputError
 from .io import atomic_dir, check_output, dumps_line, iter_jsonl, iter_lines
-from .manifest import MANIFEST, manifest_hash, read_manifest, write_manifest
+from .manifest import MANIFEST, manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
 from .pseudo_queries import check_pseudo_queries, iter_pseudo_queries, stable_seed
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def run(args: NegativesArguments, index=None) -> dict:
                         ", ".join(short_examples))
         if not counts["pairs"]:
             raise DDROError("no training pair could be built (no BM25 candidates besides the positives)")
-        coll_hash = manifest_hash(collection.path) if (collection.path / MANIFEST).is_file() else None
+        coll_hash = manifest_hash_or_none(collection.path)
         manifest = write_manifest(
             tmp, KIND, counts=counts, config=as_dict(args),
             inputs={"collection": coll_hash,

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .config import as_dict, entry_point, parse_args
 from .errors import DDROError, InputError
 from .io import atomic_dir, check_output, dumps_line, iter_jsonl, read_json, write_json
-from .manifest import MANIFEST, manifest_hash, read_manifest, write_manifest
+from .manifest import MANIFEST, manifest_hash_or_none, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def run(args: PseudoQueriesArguments) -> dict:
         raise DDROError("--per-doc and --batch-size must be at least 1")
     out = check_output(args.out, args.overwrite)
     collection = Collection(args.collection)
-    collection_hash = manifest_hash(collection.path) if (collection.path / MANIFEST).is_file() else None
+    collection_hash = manifest_hash_or_none(collection.path)
     identity = {k: v for k, v in as_dict(args).items() if k not in ("out", "overwrite")}
     identity["collection_manifest"] = collection_hash
     generate = make_generator(args)
@@ -227,7 +227,7 @@ def check_pseudo_queries(folder: str | Path, collection) -> dict:
     folder = Path(folder)
     manifest = read_manifest(folder, KIND)
     want = manifest.get("inputs", {}).get("collection")
-    have = manifest_hash(collection.path) if (collection.path / MANIFEST).is_file() else None
+    have = manifest_hash_or_none(collection.path)
     if want and have and want != have:
         raise DDROError(f"{folder}: pseudo-queries were made for another collection "
                         f"(manifest {want[:12]}), not {collection.path} ({have[:12]})")

@@ -14,7 +14,7 @@ from ..data.collection import Collection
 from ..errors import DDROError
 from ..eval.metrics import write_run_folder
 from ..io import atomic_dir, check_output
-from ..manifest import MANIFEST, manifest_hash, write_manifest
+from ..manifest import MANIFEST, manifest_hash_or_none, write_manifest
 from .backends import ANSERINI_B, ANSERINI_K1, BACKENDS, build_index, doc_text
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,14 @@ def run(args: BM25Arguments) -> dict:
     index = build_index(args.backend, ((d["_id"], doc_text(d)) for d in collection.iter_docs()),
                         k1=args.k1, b=args.b, stem=args.stem, stopwords=args.stopwords, threads=args.threads)
     hits = index.search(queries, args.k)
-    has_manifest = (collection.path / MANIFEST).is_file()
-    if not has_manifest:
+    collection_hash = manifest_hash_or_none(collection.path)
+    if collection_hash is None:
         log.warning("%s has no %s: the run cannot record which collection it came from", collection.path, MANIFEST)
     with atomic_dir(args.out, args.overwrite) as tmp:
         metrics, _ = write_run_folder(tmp, hits, qrels, args.tag)
         manifest = write_manifest(
             tmp, "run", config=as_dict(args),
-            inputs={"collection": manifest_hash(collection.path) if has_manifest else None},
+            inputs={"collection": collection_hash},
             counts={"docs": len(index), "queries": len(queries), "evaluated_queries": metrics["queries"],
                     "hits": sum(len(h) for h in hits.values())},
             split=args.split, metrics=metrics)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import DDROError, InputError
 from ..io import iter_lines
-from ..manifest import manifest_hash, read_manifest
+from ..manifest import manifest_hash_or_none, read_manifest
 
 TABLE = "docids.tsv"
 ENCODINGS = ("pq", "tu", "atomic")
@@ -101,7 +101,7 @@ class DocidTable:
     def check_collection(self, collection) -> None:
         """Refuse a table built for another collection (or another version of it)."""
         want = self.manifest.get("collection")
-        have = manifest_hash(collection.path) if (collection.path / "manifest.json").is_file() else None
+        have = manifest_hash_or_none(collection.path)
         if want and have and want != have:
             raise DDROError(f"{self.path}: docid table was built for another collection "
                             f"(manifest {want[:12]}), not {collection.path} ({have[:12]})")

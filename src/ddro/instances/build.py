@@ -29,7 +29,7 @@ from ..data.collection import Collection
 from ..docids.table import DocidTable
 from ..errors import DDROError
 from ..io import atomic_dir, check_output, dumps_line
-from ..manifest import MANIFEST, manifest_hash, write_manifest
+from ..manifest import manifest_hash, manifest_hash_or_none, write_manifest
 from ..pseudo_queries import batches, check_pseudo_queries, iter_pseudo_queries
 from ..tokenizer import load_tokenizer, tokenizer_identity
 from .encode import InputEncoder
@@ -261,7 +261,7 @@ def run(args: InstancesArguments) -> dict:
         with open(tmp / "stage3.jsonl", "w", encoding="utf-8") as f:
             write_stage3(f, collection, table, encoder, args, tally)
         write_eval(tmp / "eval", collection, encoder, args, tally)
-        inputs = {"collection": manifest_hash(collection.path) if (collection.path / MANIFEST).is_file() else None,
+        inputs = {"collection": manifest_hash_or_none(collection.path),
                   "docids": manifest_hash(args.docids),
                   "other_docids": manifest_hash(args.other_docids) if other else None,
                   "pseudo_queries": manifest_hash(args.pseudo_queries) if args.pseudo_queries else None}

@@ -32,7 +32,7 @@ from ..config import as_dict, entry_point, parse_args
 from ..docids.table import DocidTable
 from ..errors import DDROError
 from ..io import atomic_file, dumps_line, read_json, write_json
-from ..manifest import MANIFEST, manifest_hash, read_manifest, write_manifest
+from ..manifest import MANIFEST, manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
 from ..modeling import build_model, freeze_encoder, freeze_encoder_embeddings, load_model, output_rows, save_model
 from ..modeling.checkpoint import POINTER, resolve_checkpoint
 from ..tokenizer import check_tokenizer
@@ -183,7 +183,7 @@ def verify_init(stage: int, init: Path | None, skipped: list[int], docids_hash: 
         raise DDROError(f"stage {stage} must start from stage {stage - 1}'s checkpoint, but "
                         f"{init if init is not None else 'the fresh model'} is {what}")
     record = {"path": str(init) if init is not None else None, "stage": have,
-              "manifest": manifest_hash(init) if init is not None and (Path(init) / MANIFEST).is_file() else None}
+              "manifest": manifest_hash_or_none(init)}
     if have:
         recorded = read_manifest(init, STAGE_KIND)["inputs"].get("docids")
         if recorded != docids_hash:
@@ -363,7 +363,7 @@ def run_mixed(ctx: Context) -> Path:
         raise DDROError(f"{ctx.data_args.instances}: the mix of stages {stages} has no instances")
     init = resolve_checkpoint(sft.init_from) if sft.init_from else None
     record = {"path": str(init) if init else None, "stage": init_stage(init),
-              "manifest": manifest_hash(init) if init and (init / MANIFEST).is_file() else None}
+              "manifest": manifest_hash_or_none(init)}
     # the resampled epochs are one index array, so the Trainer makes a single pass over it
     folder = reusable(ctx, "mixed", record) or train_stage(ctx, "mixed", dataset, init, record, [])
     if _state().is_main_process:
