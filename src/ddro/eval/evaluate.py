@@ -20,7 +20,7 @@ from ..config import as_dict, entry_point, parse_args
 from ..docids.table import DocidTable
 from ..errors import DDROError, InputError
 from ..io import atomic_dir, check_output, iter_jsonl
-from ..manifest import manifest_hash, read_manifest, write_manifest
+from ..manifest import manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
 from .constrained import constrained_generate
 from .metrics import write_run_folder
 from .trie import DocidTrie
@@ -58,11 +58,11 @@ def read_eval_file(path: Path, max_queries: int | None = None) -> list[dict]:
     return queries
 
 
-def rank_documents(beams, table: DocidTable, end_token: int) -> list[tuple[str, float]]:
+def rank_documents(beams, table: DocidTable) -> list[tuple[str, float]]:
     """Beams (docid, score), best first -> documents with strictly decreasing scores."""
     hits, seen, last = [], set(), float("inf")
     for beam in beams:
-        for doc_id in table.groups.get(beam.docid) or table.groups.get(beam.docid + (end_token,), ()):
+        for doc_id in table.groups[beam.docid]:
             if doc_id in seen:
                 continue
             seen.add(doc_id)
@@ -71,19 +71,12 @@ def rank_documents(beams, table: DocidTable, end_token: int) -> list[tuple[str, 
     return hits
 
 
-def build_trie(table: DocidTable, end_token: int) -> DocidTrie:
-    """The trie of distinct docids; a docid that already ends with the end token loses it
-    (the trie adds the end transition itself)."""
-    docids = [d[:-1] if len(d) > 1 and d[-1] == end_token else d for d in table.groups]
-    return DocidTrie(docids, end_token=end_token)
-
-
 def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, beams: int, batch_size: int,
                  device: torch.device) -> dict[str, list[tuple[str, float]]]:
     end_token = model.generation_config.eos_token_id
     if isinstance(end_token, list):
         end_token = end_token[0]
-    trie = build_trie(table, end_token)
+    trie = DocidTrie(list(table.groups), end_token=end_token)  # TU docids may already end with it
     run: dict[str, list[tuple[str, float]]] = {}
     model.eval()
     for start in tqdm(range(0, len(queries), batch_size), desc="eval", unit="batch"):
@@ -96,7 +89,7 @@ def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, bea
             mask[i, :len(q["input_ids"])] = 1
         results = constrained_generate(model, ids.to(device), mask.to(device), trie, num_beams=beams)
         for q, result in zip(batch, results):
-            run[q["query_id"]] = rank_documents(result, table, end_token)
+            run[q["query_id"]] = rank_documents(result, table)
     return run
 
 
@@ -125,7 +118,7 @@ def run(args: EvalArguments) -> dict:
         metrics, _ = write_run_folder(tmp, hits, qrels, args.tag)
         manifest = write_manifest(
             tmp, "run", config=as_dict(args), split=args.split, metrics=metrics,
-            inputs={"model": manifest_hash(loaded.path) if (loaded.path / "manifest.json").is_file() else None,
+            inputs={"model": manifest_hash_or_none(loaded.path),
                     "docids": manifest_hash(args.docids), "queries": str(path)},
             counts={"queries": len(queries), "evaluated_queries": metrics["queries"]})
     log.info("%s: %s", args.split, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
