@@ -81,9 +81,11 @@ def test_processor_follows_reordered_beams_without_walking():
 
 @pytest.mark.parametrize("beams", [4, 10])
 def test_same_beams_as_the_reference_approach(model, beams):
+    """Docids that carry their own end token (TU): the end is scored by the model, as in the reference."""
     rng = np.random.default_rng(beams)
-    docids = random_docids(rng, 50)
+    docids = [(*d, END) for d in random_docids(rng, 50)]
     trie = DocidTrie(docids, END)
+    assert not trie.free_end
     ids = queries(3)
     common = dict(input_ids=ids, num_beams=beams, num_return_sequences=beams, max_new_tokens=trie.max_depth,
                   eos_token_id=END, do_sample=False, return_dict_in_generate=True, output_scores=True)
@@ -99,12 +101,29 @@ def test_same_beams_as_the_reference_approach(model, beams):
     for q, beams_found in enumerate(results):
         want, seen = [], set()
         for seq, score in zip(ref.sequences[q * beams:(q + 1) * beams], ref.sequences_scores[q * beams:]):
-            docid = tuple(seq[1:seq[1:].tolist().index(END) + 1].tolist()) if END in seq[1:] else None
+            docid = tuple(seq[1:seq[1:].tolist().index(END) + 2].tolist()) if END in seq[1:] else None
             if docid in trie.docids and docid not in seen:
                 seen.add(docid)
                 want.append((docid, score.item()))
         assert [b.docid for b in beams_found] == [d for d, _ in want]
         np.testing.assert_allclose([b.score for b in beams_found], [s for _, s in want], atol=1e-5, rtol=0)
+
+
+def test_trie_added_end_costs_nothing(model):
+    """PQ-style docids (fixed length, no end token): a beam's score is the summed log-probability of
+    its docid tokens alone; the end token, which such a model is never trained on, adds nothing."""
+    rng = np.random.default_rng(7)
+    docids = sorted({tuple(r) for r in (2 + rng.integers(0, 6, (60, 3))).tolist()})
+    trie = DocidTrie(docids, END)
+    assert trie.free_end
+    ids = queries(2, seed=3)
+    results = constrained_generate(model, ids, None, trie, num_beams=8, length_penalty=0.0)
+    for q, found in enumerate(results):
+        labels = torch.tensor([b.docid for b in found])
+        with torch.no_grad():
+            logits = model(input_ids=ids[q:q + 1].expand(len(found), -1), labels=labels).logits
+        token_log_probs = logits.log_softmax(-1).gather(2, labels[..., None]).squeeze(-1).sum(1)
+        np.testing.assert_allclose([b.score for b in found], token_log_probs.numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("seed", range(6))

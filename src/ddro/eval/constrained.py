@@ -63,6 +63,8 @@ def mask_scores(tt: TrieTensors, scores: torch.Tensor, nodes: torch.Tensor, inpl
     slots = lo[:, None] + torch.where(j < count[:, None], j, 0)
     tokens = tt.keys[slots.clamp_(max=len(tt.keys) - 1)] % tt.vocab
     values = scores.gather(1, tokens).masked_fill_(count[:, None] == 0, -torch.inf)
+    if tt.free_end:  # the trie's own end edge: certain once a docid is complete (see DocidTrie)
+        values.masked_fill_((tokens == tt.end_token) & (values > -torch.inf), 0.0)
     out = scores.fill_(-torch.inf) if inplace else torch.full_like(scores, -torch.inf)
     return out.scatter_(1, tokens, values)
 

@@ -6,6 +6,9 @@ the end token is allowed, next to the continuations when that docid is also a pr
 longer one. The end edge leads to a *leaf*; during decoding a leaf absorbs any later
 token (padding after eos) and allows only the end token, so finished beams stay valid.
 A docid that already ends with the end token (TU docids end with eos) gets no second one.
+When no docid carries the end token (PQ, atomic), the model was never trained to emit it,
+so the trie is marked `free_end`: taking the end edge then scores log 1 = 0 instead of
+the untrained end token's log-probability, which would add noise to every beam's score.
 
 Layout: nodes are numbered depth by depth, in lexicographic order of their prefixes, so
 that edge e leads to node e + 1 (node 0 is the root)::
@@ -39,7 +42,7 @@ class DocidTrie:
         """docids: token-id sequences (tuples, or one row per docid of a 2-d array); repeats are fine."""
         self.docids = docids
         self.end_token = int(end_token)
-        paths = _padded_paths(docids, self.end_token)
+        paths, self.free_end = _padded_paths(docids, self.end_token)
         self.vocab = int(max(paths.max(), self.end_token)) + 1
         self.max_depth = paths.shape[1]             # longest path, end edge included
         self.offsets, self.tokens, leaves, first = _build(paths)
@@ -112,7 +115,8 @@ class DocidTrie:
             self._tensors[device] = TrieTensors(
                 offsets=torch.from_numpy(self.offsets).to(device),
                 keys=torch.from_numpy(keys).to(device),
-                leaf=torch.from_numpy(leaf).to(device), vocab=self.vocab, end_token=self.end_token)
+                leaf=torch.from_numpy(leaf).to(device), vocab=self.vocab, end_token=self.end_token,
+                free_end=self.free_end)
         return self._tensors[device]
 
 
@@ -125,6 +129,7 @@ class TrieTensors:
     leaf: torch.Tensor      # (num_nodes + 1,) bool
     vocab: int
     end_token: int
+    free_end: bool = False  # the end edge is the trie's own (no docid carries it): it scores 0
 
     @property
     def dead(self) -> int:
@@ -135,8 +140,9 @@ class TrieTensors:
         return sum(t.element_size() * t.numel() for t in (self.offsets, self.keys, self.leaf))
 
 
-def _padded_paths(docids, end: int) -> np.ndarray:
-    """(n, longest path) int32 matrix: each docid + end token, padded with -1."""
+def _padded_paths(docids, end: int) -> tuple[np.ndarray, bool]:
+    """(n, longest path) int32 matrix: each docid + end token, padded with -1; and whether
+    every end token was added here (no docid carried its own)."""
     try:
         if isinstance(docids, np.ndarray) and docids.ndim == 2:
             if docids.size and docids.max() >= 2**31:
@@ -157,7 +163,7 @@ def _padded_paths(docids, end: int) -> np.ndarray:
     paths = np.full((len(lengths), int((lengths + ~has_end).max())), -1, np.int32)
     paths[np.arange(paths.shape[1]) < lengths[:, None]] = flat          # row-major fill
     paths[np.flatnonzero(~has_end), lengths[~has_end]] = end
-    return paths
+    return paths, not has_end.any()
 
 
 def _lexicographic_order(paths: np.ndarray) -> np.ndarray:
