@@ -213,3 +213,39 @@ def test_build_is_seeded(t5_setup):
     c = build_model(small_args("t5-scratch", path), table, seed=4).model
     torch.testing.assert_close(a.shared.weight, b.shared.weight)
     assert not torch.equal(a.shared.weight, c.shared.weight)
+
+
+@pytest.mark.parametrize("case", ["minilm-decoder", "t5-new-head"])
+def test_codebook_init_places_each_centroid_at_its_subspace(case, t5_setup, bert_setup):
+    import numpy as np
+
+    path, table = bert_setup if case == "minilm-decoder" else t5_setup
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(2, 4, 16)).astype(np.float32)  # M=2, K=4, hidden 32 = 2 x 16
+    np.save(table.path / "codebook.npy", centroids)
+    args = small_args("minilm-decoder", path, docid_init="codebook") if case == "minilm-decoder" else \
+        ModelArguments("t5", str(path), new_head=True, docid_init="codebook")
+    model = build_model(args, table).model
+    offset = table.manifest["vocab_offset"]
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.decoder
+    for weight in (decoder.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        token = offset + 4 * 1 + 3  # sub-space 1, code 3
+        assert torch.allclose(weight[token, 16:], torch.from_numpy(centroids[1, 3]))
+        assert not weight[token, :16].any()
+        assert torch.allclose(weight[offset + 2, :16], torch.from_numpy(centroids[0, 2]))
+    if case == "t5-new-head":  # the tokenizer's own rows are untouched
+        assert not torch.equal(model.get_input_embeddings().weight[:offset], torch.zeros(offset, 32))
+
+
+def test_codebook_init_refuses_mismatched_sizes_and_non_pq(bert_setup, tmp_path):
+    import numpy as np
+
+    path, table = bert_setup
+    with pytest.raises(DDROError, match="codebook.npy is missing"):
+        build_model(small_args("minilm-decoder", path, docid_init="codebook"), table)
+    np.save(table.path / "codebook.npy", np.zeros((2, 4, 8), dtype=np.float32))  # dimension 16 != hidden 32
+    with pytest.raises(DDROError, match="hidden size 32 differs"):
+        build_model(small_args("minilm-decoder", path, docid_init="codebook"), table)
+    atomic = docid_folder(tmp_path / "atomic", DOCS, encoding="atomic", tokens=[(3 + i,) for i in range(6)])
+    with pytest.raises(DDROError, match="needs PQ docids"):
+        build_model(small_args("minilm-decoder", path, docid_init="codebook"), atomic)

@@ -67,6 +67,10 @@ class ModelArguments:
     dropout: float = field(default=0.1, metadata={"help": "dropout of the randomly initialised parts"})
     freeze_encoder_embeddings: bool = field(default=False, metadata={
         "help": "do not train the encoder's word embeddings (minilm-decoder; saves optimizer time)"})
+    docid_init: str = field(default="random", metadata={
+        "help": "initial docid token embeddings: random, or codebook (PQ docids only: token (m, c) starts as "
+                "centroid c of sub-space m, placed at that sub-space's dimensions; needs the model's hidden "
+                "size to equal the embedding dimension the codebook was trained on)"})
     freeze_encoder: bool = field(default=False, metadata={
         "help": "do not train the encoder at all (a pretrained encoder: only the decoder learns, about "
                 "3x faster per instance on CPU); weights it shares with the decoder still train"})
@@ -229,6 +233,37 @@ def build_minilm_decoder(args: ModelArguments, table: DocidTable) -> BuiltModel:
     return BuiltModel(model, tokenizer, {"base": name, "new_head": None, "sizes": {**s, "hidden_size": hidden}})
 
 
+def init_docids_from_codebook(model, table: DocidTable) -> None:
+    """Start each PQ docid token's embedding (and output row) at its centroid.
+
+    Token vocab_offset + K*m + c gets centroid c of sub-space m in dimensions
+    [m*d, (m+1)*d) and zeros elsewhere, so tokens of nearby centroids start close and the
+    decoder's input and output spaces begin aligned with the embedding space the docids
+    were quantised in. Both the input embedding and an untied output head are set.
+    """
+    if table.encoding != "pq":
+        raise DDROError(f"docid_init codebook needs PQ docids; {table.path} has {table.encoding!r} docids")
+    path = table.path / "codebook.npy"
+    if not path.is_file():
+        raise DDROError(f"docid_init codebook: {path} is missing (rebuild the docids with this toolkit)")
+    import numpy as np
+
+    centroids = torch.from_numpy(np.load(path, allow_pickle=False)).float()  # (M, K, d)
+    m_count, k, dsub = centroids.shape
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.decoder
+    matrices = {id(w): w for w in (decoder.get_input_embeddings().weight, model.get_output_embeddings().weight)}
+    offset = table.manifest["vocab_offset"]
+    for weight in matrices.values():
+        if weight.shape[1] != m_count * dsub:
+            raise DDROError(f"docid_init codebook: the model's hidden size {weight.shape[1]} differs from the "
+                            f"codebook's embedding dimension {m_count * dsub}; set hidden_size to match")
+        rows = torch.zeros(m_count * k, m_count * dsub)
+        for m in range(m_count):
+            rows[m * k:(m + 1) * k, m * dsub:(m + 1) * dsub] = centroids[m]
+        with torch.no_grad():
+            weight[offset:offset + m_count * k] = rows.to(weight.dtype)
+
+
 BUILDERS = {"t5": build_t5, "t5-scratch": build_t5_scratch, "minilm-decoder": build_minilm_decoder}
 
 
@@ -247,10 +282,15 @@ def build_model(args: ModelArguments, table: DocidTable, seed: int = 42) -> Buil
         raise DDROError("build_model needs a docid table loaded from (or saved to) a folder")
     set_seed(seed)
     built = BUILDERS[args.construction](args, table)
+    if args.docid_init == "codebook":
+        init_docids_from_codebook(built.model, table)
+    elif args.docid_init != "random":
+        raise DDROError(f"unknown docid_init {args.docid_init!r} (choose random or codebook)")
     table.check_vocab(output_rows(built.model), f"{args.construction} model")
     built.info = {
         "construction": args.construction,
         **built.info,
+        "docid_init": args.docid_init,
         "docids": manifest_hash(table.path),
         "docid_encoding": table.encoding,
         "vocab": {"decoder_rows": output_rows(built.model), "required": table.required_vocab,
