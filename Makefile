@@ -22,6 +22,7 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 
 demo: install
 	$(VENV)/bin/ddro pipeline --collection $(COLLECTION) --output $(OUT) --preset $(PRESET)
+	$(VENV)/bin/ddro report $(OUT)  # prints the path of report.md
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

