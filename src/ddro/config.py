@@ -9,31 +9,42 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import DDROError
+from .errors import DDROError, InputError
 from .io import write_json
 
 CONFIG_FILE = "config.json"
+# OS errors reported as one line (exit 2) by `entry_point`; outputs are atomic, so nothing half-written remains
+USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT}
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DDROError(f"{path}: config file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(path, f"invalid UTF-8 ({e.reason})") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
             data = yaml.safe_load(text)
         else:
             data = json.loads(text)
-    except Exception as e:  # yaml.YAMLError / json.JSONDecodeError: report, never a traceback
-        raise DDROError(f"{path}: not valid {path.suffix.lstrip('.').upper() or 'JSON'} ({e})") from None
+    except json.JSONDecodeError as e:
+        raise InputError(path, f"not valid JSON ({e.msg})", e.lineno) from None
+    except Exception as e:  # yaml.YAMLError: report on one line, never a traceback
+        mark = getattr(e, "problem_mark", None)
+        reason = getattr(e, "problem", None) or str(e)
+        raise InputError(path, f"not valid YAML ({' '.join(str(reason).split())})",
+                         mark.line + 1 if mark is not None else None) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -62,12 +73,30 @@ def _as_flags(config: dict[str, Any], parser: argparse.ArgumentParser, source: s
         if isinstance(value, (list, tuple)):
             if action.nargs not in ("+", "*"):
                 raise DDROError(f"{source}: key '{key}' takes a single value, got a list")
-            flags += [option, *map(str, value)]
+            values = [str(v).lower() if isinstance(v, bool) else str(v) for v in value]
         elif isinstance(value, dict):
             raise DDROError(f"{source}: key '{key}' takes a single value, got a mapping")
         else:
-            flags += [option, str(value)]
+            values = [str(value)]
+        for v in values:
+            _check_value(parser, action, v, f"{source}: key '{key}'")
+        flags += [option, *values]
     return flags
+
+
+def _check_value(parser: argparse.ArgumentParser, action: argparse.Action, value: str, where: str) -> None:
+    """argparse's own type and choices checks, but reported on one line naming the config file and
+    key (argparse would print the usage and blame the flag); like argparse, it exits with status 2."""
+    if "\0" in value:
+        raise DDROError(f"{where}: value contains a NUL character")
+    where = f"{where} ({action.option_strings[0]})"
+    try:
+        converted = action.type(value) if callable(action.type) else value
+    except (TypeError, ValueError, argparse.ArgumentTypeError):
+        kind = getattr(action.type, "__name__", "value")
+        parser.exit(2, f"error: {where}: {value!r} is not a valid {'boolean' if 'bool' in kind else kind}\n")
+    if action.choices is not None and converted not in action.choices:
+        parser.exit(2, f"error: {where}: {value!r} is not one of {', '.join(map(str, action.choices))}\n")
 
 
 def build_parser(types: Sequence[type], prog: str | None, description: str | None):
@@ -136,6 +165,11 @@ def entry_point(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequen
             main(argv)
         except DDROError as e:
             print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except OSError as e:  # disk full, no permission, a file gone: the user's to fix, not a bug
+            if e.errno not in USER_ERRNOS:
+                raise
+            print(f"error: {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

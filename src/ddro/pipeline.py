@@ -126,6 +126,31 @@ def stage_folder(out: Path, stage: Stage) -> Path:
     return out / FOLDERS.get(stage.name, stage.name)
 
 
+# Arguments naming a place a stage writes to (besides its output, which the pipeline sets).
+WRITTEN = ("out", "output_dir", "logging_dir", "work_dir", "ref_cache_dir", "cache_dir", "download_dir",
+           "embed_cache")
+
+
+def check_preset_paths(preset: dict, out: Path, args: "PipelineArguments", name: str) -> None:
+    """A preset chooses settings, not where things go: it may not set the paths that chain the
+    stages, and any place it makes a stage write to must stay inside OUT."""
+    for stage in STAGES:
+        sections = {stage.name: preset.get(stage.name, {})}
+        if stage.name.startswith("eval_"):
+            sections = {"eval": preset.get("eval", {})}
+        chained = {stage.out_key, *stage.paths(out, args, {})} - {"split", "tag", "queries"}
+        for section, values in sections.items():
+            for key, value in values.items():
+                if key in chained:
+                    raise DDROError(f"preset {name}: section '{section}' sets '{key}', which the pipeline sets "
+                                    "(stage inputs and outputs live in OUT)")
+                if key in WRITTEN and value is not None:
+                    inside = Path(str(value)).resolve()
+                    if inside != out.resolve() and out.resolve() not in inside.parents:
+                        raise DDROError(f"preset {name}: section '{section}' key '{key}' ({value}) points "
+                                        f"outside the output folder {out}")
+
+
 def stage_config(out: Path, args: PipelineArguments, preset: dict, stage: Stage) -> dict:
     section = {} if stage.name.startswith("eval_") else preset.get(stage.name, {})
     return {**section, **stage.paths(out, args, preset), stage.out_key: str(stage_folder(out, stage))}
@@ -194,6 +219,7 @@ def run_pipeline(args: PipelineArguments) -> Path:
     if args.stop_after and args.stop_after not in {s.name for s in STAGES}:
         raise DDROError(f"--stop_after: unknown stage {args.stop_after!r}")
     out = Path(args.output)
+    check_preset_paths(preset, out, args, args.preset)
     out.mkdir(parents=True, exist_ok=True)
     state = read_json(out / STATE) if (out / STATE).is_file() else {}
     for stage in STAGES:

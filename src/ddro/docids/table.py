@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..errors import DDROError, InputError
 from ..io import iter_lines
-from ..manifest import manifest_hash_or_none, read_manifest
+from ..manifest import MANIFEST, manifest_hash_or_none, read_manifest
 
 TABLE = "docids.tsv"
 ENCODINGS = ("pq", "tu", "atomic")
@@ -76,12 +76,19 @@ class DocidTable:
     def load(cls, folder: str | Path) -> "DocidTable":
         folder = Path(folder)
         manifest = read_manifest(folder, "docids")
+        for key in ("vocab_offset", "add_doc_num", "max_docid_len"):  # the checks below need them
+            value = manifest.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InputError(folder / MANIFEST, f"key '{key}' must be a non-negative integer, got {value!r}")
+        if manifest.get("encoding") not in ENCODINGS:
+            raise InputError(folder / MANIFEST, f"key 'encoding' must be one of {', '.join(ENCODINGS)}, "
+                                                f"got {manifest.get('encoding')!r}")
         path = folder / TABLE
-        doc_ids, tokens = [], []
+        doc_ids, tokens, seen = [], [], set()
         limit = manifest["vocab_offset"] + manifest["add_doc_num"]
         for lineno, line in iter_lines(path):
             cols = line.split("\t")
-            if len(cols) != 2 or not cols[1]:
+            if len(cols) != 2 or not cols[0] or not cols[1]:
                 raise InputError(path, "expected '<doc id><TAB><comma-separated token ids>'", lineno)
             try:
                 toks = tuple(int(t) for t in cols[1].split(","))
@@ -92,10 +99,11 @@ class DocidTable:
             if len(toks) > manifest["max_docid_len"]:
                 raise InputError(path, f"docid has {len(toks)} tokens, manifest says at most "
                                        f"{manifest['max_docid_len']}", lineno)
+            if cols[0] in seen:
+                raise InputError(path, f"document id {cols[0]!r} appears twice", lineno)
+            seen.add(cols[0])
             doc_ids.append(cols[0])
             tokens.append(toks)
-        if len(doc_ids) != len(set(doc_ids)):
-            raise InputError(path, "a document id appears twice")
         return cls(doc_ids, tokens, manifest, folder)
 
     def check_collection(self, collection) -> None:
