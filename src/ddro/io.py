@@ -1,4 +1,4 @@
-"""Small file helpers shared by every stage: hashing, JSON(L), atomic outputs."""
+"""Small file helpers shared by every stage: hashing, JSON(L), atomic outputs, resume journals."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,11 +41,26 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
             for lineno, line in enumerate(f, start=1):
                 yield lineno, line.rstrip("\r\n")
     except UnicodeDecodeError as e:
-        raise InputError(path, f"invalid UTF-8 ({e.reason})", lineno + 1) from None
+        # decoding runs ahead of the lines handed out (buffering): find the line itself
+        raise InputError(path, f"invalid UTF-8 ({e.reason})", _first_undecodable_line(path) or lineno + 1) from None
     except (EOFError, gzip.BadGzipFile, OSError) as e:
         if isinstance(e, InputError):
             raise
         raise InputError(path, f"unreadable ({e.__class__.__name__}: {e})", lineno + 1) from None
+
+
+def _first_undecodable_line(path: str | os.PathLike) -> int | None:
+    """Number of the first line that is not UTF-8 (lines split at '\\n'), for error messages."""
+    try:
+        with (gzip.open(path, "rb") if Path(path).suffix == ".gz" else open(path, "rb")) as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return lineno
+    except (EOFError, OSError):
+        pass
+    return None
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
@@ -139,3 +155,84 @@ def atomic_file(out: str | os.PathLike, overwrite: bool = False, mode: str = "w"
         Path(tmp).unlink(missing_ok=True)
         raise
     os.replace(tmp, out)
+
+
+# ----------------------------------------------------------------------------- surviving a kill
+
+FAULT_ENV = "DDRO_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """Test hook for kill/resume tests: with DDRO_FAULT=<name>:<n> in the environment, the process
+    SIGKILLs itself the n-th time it reaches `fault_point(name)`; without it, nothing happens."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or spec.rpartition(":")[0] != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == int(spec.rpartition(":")[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fault_counts: dict[str, int] = {}
+
+
+class Journal:
+    """The resume point of a long stage: an append-only data file plus a committed state.
+
+    `append(data, units, stats)` appends bytes, fsyncs them, then atomically replaces
+    `state.json` (bytes and units committed so far, the caller's running stats). A journal
+    reopened with the same `identity` is cut back to its last commit (whatever a kill left
+    after it is dropped), so the stage goes on from `done` units; one with another identity
+    is refused, or discarded with `overwrite`. A journal is never an output: the stage builds
+    its output from `read_bytes()` (atomically) and then `discard()`s it.
+    """
+
+    STATE = "state.json"
+
+    def __init__(self, folder: str | os.PathLike, identity: dict, overwrite: bool = False, name: str = "data"):
+        self.folder = Path(folder)
+        self.path = self.folder / name
+        self.state = {"identity": identity, "bytes": 0, "done": 0, "stats": {}}
+        if (self.folder / self.STATE).is_file() and self.path.is_file():
+            state = read_json(self.folder / self.STATE)
+            if state.get("identity") != identity:
+                if not overwrite:
+                    raise DDROError(f"{self.folder}: an unfinished run with other settings; remove it or pass "
+                                    "--overwrite to start over")
+            elif self.path.stat().st_size >= state["bytes"]:
+                self.state = state
+                with open(self.path, "r+b") as f:  # drop what was written after the last commit
+                    f.truncate(state["bytes"])
+        if self.state["done"] == 0:  # nothing to resume; the folder appears with the first append
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def done(self) -> int:
+        return self.state["done"]
+
+    @property
+    def stats(self) -> dict:
+        return self.state["stats"]
+
+    def append(self, data: bytes, units: int, stats: dict | None = None) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+        fault_point("journal")  # written but not committed: a resumed run must drop it
+        self.state = {**self.state, "bytes": size, "done": self.done + int(units),
+                      "stats": self.stats if stats is None else stats}
+        write_json(self.folder / f"{self.STATE}.tmp", self.state)
+        os.replace(self.folder / f"{self.STATE}.tmp", self.folder / self.STATE)
+
+    def read_bytes(self) -> bytes:
+        if not self.done:
+            return b""
+        with open(self.path, "rb") as f:
+            return f.read(self.state["bytes"])
+
+    def discard(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+

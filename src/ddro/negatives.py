@@ -21,6 +21,11 @@ training queries): every pseudo-query from `ddro pseudo-queries` becomes a train
 `pq-<doc id>-<i>` (i = its position among that document's pseudo-queries) whose only
 positive is its source document.
 
+Resumable: each chunk of SEARCH_CHUNK queries is committed to `.<out>.partial/` (a
+`ddro.io.Journal`) as it is mined; a killed run rerun with the same arguments goes on after
+the last committed chunk and writes the same files (another run's leftovers are refused
+unless --overwrite). The BM25 index itself is rebuilt on each start.
+
 Output folder::
 
     pairs.tsv       "qid<TAB>positive doc id<TAB>negative doc id", one line per pair
@@ -41,7 +46,7 @@ from tqdm.auto import tqdm
 from .config import as_dict, entry_point, parse_args
 from .data.collection import Collection
 from .errors import DDROError, InputError
-from .io import atomic_dir, check_output, dumps_line, iter_jsonl, iter_lines
+from .io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, iter_lines
 from .manifest import MANIFEST, manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
 from .pseudo_queries import check_pseudo_queries, iter_pseudo_queries, stable_seed
 
@@ -176,19 +181,72 @@ def build_bm25(collection: Collection, args: NegativesArguments):
     return build_index(args.backend, docs, k1=args.k1, b=args.b, threads=args.threads)
 
 
-def search_chunks(index, queries: dict[str, str], k: int) -> Iterator[tuple[str, list[str]]]:
-    """(qid, ranked doc ids) for every query, searched in bounded chunks."""
+def search_chunks(index, queries: dict[str, str], k: int,
+                  first_chunk: int = 0) -> Iterator[list[tuple[str, list[str]]]]:
+    """Chunks of (qid, ranked doc ids), SEARCH_CHUNK queries each, from chunk `first_chunk` on."""
     qids = list(queries)
-    with tqdm(total=len(qids), desc="bm25 negatives", unit="query", mininterval=2) as bar:
-        for start in range(0, len(qids), SEARCH_CHUNK):
+    start = first_chunk * SEARCH_CHUNK
+    with tqdm(total=len(qids), initial=min(start, len(qids)), desc="bm25 negatives", unit="query",
+              mininterval=2) as bar:
+        for start in range(start, len(qids), SEARCH_CHUNK):
             chunk = qids[start:start + SEARCH_CHUNK]
             run = index.search({q: queries[q] for q in chunk}, k, progress=False)
-            for qid in chunk:
-                yield qid, [doc_id for doc_id, _ in run.get(qid, [])]
+            yield [(qid, [doc_id for doc_id, _ in run.get(qid, [])]) for qid in chunk]
             bar.update(len(chunk))
 
 
 # ----------------------------------------------------------------------------- run
+
+def partial_dir(out: Path) -> Path:
+    """Where an unfinished run keeps its finished chunks (`ddro.io.Journal`), beside the output."""
+    return out.parent / f".{out.name}.partial"
+
+
+def journal_identity(args: NegativesArguments, collection: Collection) -> dict:
+    """What the chunks depend on: a rerun resumes an unfinished run only when all of it matches."""
+    config = {k: v for k, v in as_dict(args).items() if k not in ("out", "overwrite", "threads")}
+    return {**config, "search_chunk": SEARCH_CHUNK, "collection": manifest_hash_or_none(collection.path),
+            "pseudo_queries": manifest_hash_or_none(args.pseudo_queries) if args.pseudo_queries else None}
+
+
+def mine(args: NegativesArguments, index, queries: dict[str, str], positives: dict[str, set[str]], val: set[str],
+         bands: list[Band], quotas: list[int], k: int, journal: Journal) -> Journal:
+    """Sample every query's negatives, one BM25 chunk at a time, each committed to `journal`
+    (a killed run resumes after its last committed chunk; sampling is per query, so the
+    result is the same)."""
+    stats = journal.stats or {"counts": {"queries": 0, "val_queries": 0, "positives": 0, "pairs": 0,
+                                         "val_pairs": 0, "queries_short": 0, "queries_without_candidates": 0,
+                                         "negatives_missing": 0}, "short_examples": []}
+    counts, short_examples = stats["counts"], stats["short_examples"]
+    if journal.done:
+        log.info("resuming %s after %d of %d chunks", journal.folder, journal.done, -(-len(queries) // SEARCH_CHUNK))
+    for chunk in search_chunks(index, queries, k, first_chunk=journal.done):
+        out = {"pairs": [], "val_pairs": [], "queries": []}
+        for qid, ranked in chunk:
+            rng = np.random.default_rng(stable_seed(args.seed, qid))
+            lines, missing = [], 0
+            for pos in sorted(positives[qid]):
+                negs = sample_negatives(ranked, positives[qid], bands, quotas, rng)
+                missing += args.negatives - len(negs)
+                lines += [f"{qid}\t{pos}\t{neg}\n" for neg in negs]
+            if missing:
+                counts["queries_short"] += 1
+                counts["negatives_missing"] += missing
+                counts["queries_without_candidates"] += not lines
+                if len(short_examples) < 5:
+                    short_examples.append(f"{qid} ({len(ranked)} BM25 hits)")
+            if not lines:
+                continue
+            held_out = qid in val
+            out["val_pairs" if held_out else "pairs"] += lines
+            out["queries"].append(dumps_line({"_id": qid, "text": queries[qid]}))
+            counts["val_queries" if held_out else "queries"] += 1
+            counts["val_pairs" if held_out else "pairs"] += len(lines)
+            counts["positives"] += len(positives[qid])
+        record = dumps_line({name: "".join(lines) for name, lines in out.items()})
+        journal.append(record.encode("utf-8"), 1, {"counts": counts, "short_examples": short_examples})
+    return journal
+
 
 def run(args: NegativesArguments, index=None) -> dict:
     """Mine the negatives; `index` (anything with `.search(queries, k)`) skips building BM25."""
@@ -215,44 +273,26 @@ def run(args: NegativesArguments, index=None) -> dict:
     if not queries:
         raise DDROError("no training query with a positive document")
     val = validation_queries(list(queries), args.val_fraction, args.seed)
+    journal = Journal(partial_dir(out), journal_identity(args, collection), args.overwrite)
     if index is None:
         index = build_bm25(collection, args)
-
-    counts = {"queries": 0, "val_queries": 0, "positives": 0, "pairs": 0, "val_pairs": 0,
-              "queries_short": 0, "queries_without_candidates": 0, "negatives_missing": 0}
-    short_examples: list[str] = []
-    with atomic_dir(out, args.overwrite) as tmp, \
-            open(tmp / PAIRS, "w", encoding="utf-8") as train_f, \
-            open(tmp / VAL_PAIRS, "w", encoding="utf-8") as val_f, \
-            open(tmp / QUERIES, "w", encoding="utf-8") as queries_f:
-        for qid, ranked in search_chunks(index, queries, k):
-            rng = np.random.default_rng(stable_seed(args.seed, qid))
-            lines, missing = [], 0
-            for pos in sorted(positives[qid]):
-                negs = sample_negatives(ranked, positives[qid], bands, quotas, rng)
-                missing += args.negatives - len(negs)
-                lines += [f"{qid}\t{pos}\t{neg}\n" for neg in negs]
-            if missing:
-                counts["queries_short"] += 1
-                counts["negatives_missing"] += missing
-                counts["queries_without_candidates"] += not lines
-                if len(short_examples) < 5:
-                    short_examples.append(f"{qid} ({len(ranked)} BM25 hits)")
-            if not lines:
-                continue
-            held_out = qid in val
-            (val_f if held_out else train_f).writelines(lines)
-            queries_f.write(dumps_line({"_id": qid, "text": queries[qid]}))
-            counts["val_queries" if held_out else "queries"] += 1
-            counts["val_pairs" if held_out else "pairs"] += len(lines)
-            counts["positives"] += len(positives[qid])
-        if counts["queries_short"]:
-            log.warning("%d of %d queries got fewer than %d negatives per positive (%d missing, %d queries with "
-                        "none, e.g. %s); consider tighter --bands", counts["queries_short"], len(queries),
-                        args.negatives, counts["negatives_missing"], counts["queries_without_candidates"],
-                        ", ".join(short_examples))
-        if not counts["pairs"]:
-            raise DDROError("no training pair could be built (no BM25 candidates besides the positives)")
+    mine(args, index, queries, positives, val, bands, quotas, k, journal)
+    counts, short_examples = journal.stats["counts"], journal.stats["short_examples"]
+    if counts["queries_short"]:
+        log.warning("%d of %d queries got fewer than %d negatives per positive (%d missing, %d queries with "
+                    "none, e.g. %s); consider tighter --bands", counts["queries_short"], len(queries),
+                    args.negatives, counts["negatives_missing"], counts["queries_without_candidates"],
+                    ", ".join(short_examples))
+    if not counts["pairs"]:
+        raise DDROError("no training pair could be built (no BM25 candidates besides the positives)")
+    with atomic_dir(out, args.overwrite) as tmp:
+        with open(tmp / PAIRS, "w", encoding="utf-8") as train_f, \
+                open(tmp / VAL_PAIRS, "w", encoding="utf-8") as val_f, \
+                open(tmp / QUERIES, "w", encoding="utf-8") as queries_f:
+            for _, chunk in iter_jsonl(journal.path):  # the chunks, in query order
+                train_f.write(chunk["pairs"])
+                val_f.write(chunk["val_pairs"])
+                queries_f.write(chunk["queries"])
         coll_hash = manifest_hash_or_none(collection.path)
         manifest = write_manifest(
             tmp, KIND, counts=counts, config=as_dict(args),
@@ -262,20 +302,36 @@ def run(args: NegativesArguments, index=None) -> dict:
                     "k1": args.k1, "b": args.b, "seed": args.seed, "queries": args.queries,
                     "split": args.split, "val_fraction": args.val_fraction},
             short_examples=short_examples)
+    journal.discard()
     log.info("negatives written to %s: %s", out, counts)
     return manifest
 
 
 # ----------------------------------------------------------------------------- reading (for the trainer)
 
-def read_pairs(path: str | Path) -> list[tuple[str, str, str]]:
+def read_pairs(path: str | Path, query_ids: set[str] | None = None) -> list[tuple[str, str, str]]:
     pairs = []
     for lineno, line in iter_lines(path):
         cols = line.split("\t")
         if len(cols) != 3 or not all(cols):
             raise InputError(path, "expected 'qid<TAB>positive doc id<TAB>negative doc id'", lineno)
+        if query_ids is not None and cols[0] not in query_ids:
+            raise InputError(path, f"query {cols[0]!r} is not in {QUERIES}", lineno)
         pairs.append((cols[0], cols[1], cols[2]))
     return pairs
+
+
+def read_queries(path: Path) -> dict[str, str]:
+    """The folder's queries.jsonl: {"_id", "text"} lines, ids unique."""
+    queries: dict[str, str] = {}
+    for lineno, obj in iter_jsonl(path):
+        qid, text = obj.get("_id"), obj.get("text")
+        if not isinstance(qid, str) or not qid or not isinstance(text, str):
+            raise InputError(path, "expected string fields '_id' and 'text'", lineno)
+        if qid in queries:
+            raise InputError(path, f"duplicate query id {qid!r}", lineno)
+        queries[qid] = text
+    return queries
 
 
 @dataclass
@@ -291,12 +347,8 @@ class Negatives:
     def load(cls, folder: str | Path) -> "Negatives":
         folder = Path(folder)
         manifest = read_manifest(folder, KIND)
-        queries = {obj["_id"]: obj["text"] for _, obj in iter_jsonl(folder / QUERIES)}
-        train, val = read_pairs(folder / PAIRS), read_pairs(folder / VAL_PAIRS)
-        unknown = {q for q, _, _ in train + val} - queries.keys()
-        if unknown:
-            raise InputError(folder / QUERIES, f"{len(unknown)} query ids of the pairs are missing, "
-                                               f"e.g. {sorted(unknown)[0]!r}")
+        queries = read_queries(folder / QUERIES)
+        train, val = read_pairs(folder / PAIRS, set(queries)), read_pairs(folder / VAL_PAIRS, set(queries))
         return cls(folder, manifest, queries, train, val)
 
 
