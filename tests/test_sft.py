@@ -15,7 +15,7 @@ from ddro.manifest import manifest_hash, read_manifest, write_manifest
 from ddro.modeling import build_model, load_model
 from ddro.tokenizer import tokenizer_identity
 from ddro.train.arguments import DataArguments, ModelArguments, SftArguments, SftTrainingArguments
-from ddro.train.data import LABEL_PAD, InstanceDataset, Seq2SeqCollator, read_instances
+from ddro.train.data import _ragged, LABEL_PAD, InstanceDataset, Seq2SeqCollator, read_instances
 from ddro.train.sft import encoder_only_parameters, main, run, verify_init
 
 
@@ -114,6 +114,26 @@ def test_resampled_mix_repeats_and_redraws_fractions(setup):
     assert not (epochs[0] == np.sort(epochs[0])).all()  # shuffled within the epoch
     assert np.array_equal(mix.index, base.resampled({1: 0.5, 3: 2.0}, epochs=3, seed=0).index)
     assert mix[0] == base[int(mix.index[0])]
+
+
+def test_group_by_length_keeps_each_epoch_and_batches_similar_lengths():
+    rng = np.random.default_rng(0)
+    seqs = [list(range(1, int(n) + 1)) for n in rng.choice([4, 64], size=400)]   # queries and passages
+    values, offsets = _ragged(seqs)
+    base = InstanceDataset(values, offsets, values, offsets, np.ones(400, dtype=np.int8))
+    plain = base.resampled({1: 1.0}, epochs=2, seed=3)
+    grouped = base.resampled({1: 1.0}, epochs=2, seed=3, group_batch=8)
+    for e in range(2):  # every epoch holds the same instances, in another order
+        assert sorted(grouped.index[e * 400:(e + 1) * 400]) == sorted(plain.index[e * 400:(e + 1) * 400])
+    lengths = np.diff(offsets)
+
+    def padded_tokens(index):
+        return sum(8 * lengths[index[i:i + 8]].max() for i in range(0, len(index), 8))
+
+    assert padded_tokens(grouped.index) < 0.7 * padded_tokens(plain.index)
+    batch_starts = lengths[grouped.index[::8]]
+    assert len(set(batch_starts[:20].tolist())) == 2  # short and long batches are interleaved
+    assert np.array_equal(grouped.index, base.resampled({1: 1.0}, epochs=2, seed=3, group_batch=8).index)
 
 
 # ---------------------------------------------------------------- stage chain

@@ -17,10 +17,16 @@ order) and `manifest.json` (kind "pseudo_queries"). Generation is resumable: fin
 batches are appended to `.<out>.partial/` beside the output, with a state file recording
 how many documents and bytes are complete; a restart with the same settings truncates
 anything after that point and goes on. Only a complete run is renamed to `--out`.
+
+Several processes (torchrun ranks, or `--num_shards K --shard_index i` tasks, see
+`ddro.distributed`) each generate a contiguous block of batches, resumably, into
+`<out>.shards/`; the last to finish concatenates them in order. Sampling is seeded per
+global batch, so the merged file equals a single process's byte for byte.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import shutil
@@ -32,8 +38,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import as_dict, entry_point, parse_args
+from .distributed import (INDEX_HELP, SHARD_HELP, Shard, ShardSet, barrier, default_num_shards,
+                          default_shard_index, device_for_rank, is_main_process, plan_shard)
 from .errors import DDROError, InputError
-from .io import atomic_dir, check_output, dumps_line, iter_jsonl, read_json, write_json
+from .io import atomic_dir, check_output, dumps_line, fault_point, iter_jsonl, read_json, write_json
 from .manifest import MANIFEST, manifest_hash_or_none, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
@@ -65,6 +73,11 @@ class PseudoQueriesArguments:
     device: str = field(default="auto", metadata={"help": "doc2query: torch device (auto = cuda if available)"})
     overwrite: bool = field(default=False, metadata={
         "help": "replace an existing --out, and discard an unfinished run made with other settings"})
+    num_shards: int = field(default_factory=default_num_shards, metadata={"help": SHARD_HELP})
+    shard_index: int = field(default_factory=default_shard_index, metadata={"help": INDEX_HELP})
+    merge_shards: bool = field(default=False, metadata={
+        "help": "only merge the finished shards in <out>.shards/ into --out (same arguments as the shard "
+                "runs; needed only when the automatic merge did not happen)"})
 
 
 def stable_seed(seed: int, doc_id: str) -> int:
@@ -98,10 +111,13 @@ class Doc2Query:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
         self.torch, self.args = torch, args
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+        self.device = device_for_rank(None if args.device == "auto" else args.device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(args.model)
-            self.model = AutoModelForSeq2SeqLM.from_pretrained(args.model).to(self.device).eval()
+            # doc2query models on the Hub ship pytorch_model.bin: read with the restricted (weights-only)
+            # unpickler, never the full one; safetensors are preferred when present
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(args.model, weights_only=True,
+                                                               trust_remote_code=False).to(self.device).eval()
         except (OSError, ValueError) as e:
             raise DDROError(f"cannot load doc2query model {args.model!r}: {e}") from None
         log.info("doc2query model %s on %s", args.model, self.device)
@@ -170,29 +186,22 @@ def batches(docs: Iterator[dict], size: int) -> Iterator[list[dict]]:
         yield batch
 
 
-def run(args: PseudoQueriesArguments) -> dict:
-    from .data.collection import Collection
+SHARD_ARGS = ("num_shards", "shard_index", "merge_shards")
 
-    if args.per_doc < 1 or args.batch_size < 1:
-        raise DDROError("--per-doc and --batch-size must be at least 1")
-    out = check_output(args.out, args.overwrite)
-    collection = Collection(args.collection)
-    collection_hash = manifest_hash_or_none(collection.path)
-    identity = {k: v for k, v in as_dict(args).items() if k not in ("out", "overwrite")}
-    identity["collection_manifest"] = collection_hash
-    generate = make_generator(args)
 
-    partial = partial_dir(out)
+def generate_block(args: PseudoQueriesArguments, collection, generate, partial: Path, identity: dict,
+                   batch_range: range) -> dict:
+    """Generate the documents of batches `batch_range` into `partial`/FILE, resumably; returns the state."""
     state = resume_state(partial, identity, args.overwrite)
     partial.mkdir(parents=True, exist_ok=True)
-    n_docs = len(collection)
+    first = batch_range.start * args.batch_size
+    n_docs = max(0, min(len(collection), batch_range.stop * args.batch_size) - first)
     done = state["docs_done"]
     with open(partial / FILE, "ab") as f, tqdm(total=n_docs, initial=done, desc="pseudo-queries",
                                                unit="doc", mininterval=2) as bar:
-        docs = iter(collection.iter_docs())
-        for _ in range(done):
-            next(docs)
-        for index, batch in enumerate(batches(docs, args.batch_size), start=done // args.batch_size):
+        docs = itertools.islice(collection.iter_docs(), first + done, first + n_docs)
+        # batch numbers are global, so every batch samples as in a single process
+        for index, batch in enumerate(batches(docs, args.batch_size), start=(first + done) // args.batch_size):
             lines = []
             for doc, queries in zip(batch, generate(batch, index)):
                 kept = [q for q in queries if q.strip()]
@@ -201,23 +210,84 @@ def run(args: PseudoQueriesArguments) -> dict:
             f.write("".join(lines).encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
+            fault_point("journal")  # written, not yet committed (kill/resume tests)
             state["docs_done"] += len(batch)
             state["bytes"] = f.tell()
             write_json(partial / f"{STATE}.tmp", state)
             os.replace(partial / f"{STATE}.tmp", partial / STATE)
             bar.update(len(batch))
+    return state
+
+
+def generate_shard(args: PseudoQueriesArguments, collection, identity: dict, shard: Shard) -> ShardSet | None:
+    """Write this process's shard to <out>.shards/; the shards when this process is the one to merge them."""
+    shards = ShardSet(args.out, {k: v for k, v in identity.items() if k != "device"}, shard.count, "jsonl")
+    if args.merge_shards:
+        if shard.count == 1:
+            raise DDROError("--merge_shards needs --num_shards: the number of shards to merge")
+        return shards if is_main_process() else None
+    if shards.done(shard) is not None and not args.overwrite:
+        log.info("shard %d of %d: already done, reused", shard.index, shard.count)
+    else:
+        partial = shards.payload(shard).with_suffix(".partial")
+        block = shard.block(-(-len(collection) // args.batch_size))
+        state = generate_block(args, collection, make_generator(args), partial,
+                               {**identity, "shard": shard.index, "num_shards": shard.count}, block)
+        shards.marker(shard).unlink(missing_ok=True)
+        os.replace(partial / FILE, shards.payload(shard))
+        shards.finish(shard, docs=state["docs_done"], empty_dropped=state["empty_dropped"])
+        shutil.rmtree(partial, ignore_errors=True)
+    barrier()
+    if is_main_process() and shards.claim_merge():
+        return shards
+    log.info("shard %d of %d written to %s", shard.index, shard.count, shards.folder)
+    return None
+
+
+def run(args: PseudoQueriesArguments) -> dict:
+    from .data.collection import Collection
+
+    if args.per_doc < 1 or args.batch_size < 1:
+        raise DDROError("--per-doc and --batch-size must be at least 1")
+    out = check_output(args.out, args.overwrite)
+    collection = Collection(args.collection)
+    collection_hash = manifest_hash_or_none(collection.path)
+    config = {k: v for k, v in as_dict(args).items() if k not in SHARD_ARGS}
+    identity = {k: v for k, v in config.items() if k not in ("out", "overwrite")}
+    identity["collection_manifest"] = collection_hash
+    n_docs = len(collection)
+    shard = plan_shard(args.num_shards, args.shard_index)
+    if shard.count == 1 and not args.merge_shards:
+        partial, shards = partial_dir(out), None
+        state = generate_block(args, collection, make_generator(args), partial, identity,
+                               range(-(-n_docs // args.batch_size)))
+        empty_dropped = state["empty_dropped"]
+    else:
+        shards = generate_shard(args, collection, identity, shard)
+        if shards is None:  # another process merges
+            return {}
+        stats = shards.require_complete()
+        partial = shards.folder / f"{shards.tag}.merged"
+        partial.mkdir(exist_ok=True)
+        with open(partial / FILE, "wb") as f:  # the shards in order: the documents in collection order
+            for part in shards.shards():
+                with open(shards.payload(part), "rb") as src:
+                    shutil.copyfileobj(src, f)
+        empty_dropped = sum(s["empty_dropped"] for s in stats)
 
     n_queries, with_queries = 0, set()
     for _, obj in iter_jsonl(partial / FILE):
         n_queries += 1
         with_queries.add(obj["doc_id"])
     counts = {"docs": n_docs, "queries": n_queries, "docs_without_queries": n_docs - len(with_queries),
-              "empty_dropped": state["empty_dropped"]}
+              "empty_dropped": empty_dropped}
     with atomic_dir(out, args.overwrite) as tmp:
         os.replace(partial / FILE, tmp / FILE)
-        manifest = write_manifest(tmp, KIND, counts=counts, config=as_dict(args),
+        manifest = write_manifest(tmp, KIND, counts=counts, config=config,
                                   inputs={"collection": collection_hash}, method=args.method)
     shutil.rmtree(partial, ignore_errors=True)
+    if shards is not None:
+        shards.cleanup()
     log.info("%d pseudo-queries for %d documents written to %s", n_queries, n_docs, out)
     return manifest
 

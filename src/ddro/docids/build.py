@@ -23,6 +23,7 @@ from typing import Optional
 
 from ..config import as_dict, entry_point, parse_args
 from ..data.collection import Collection
+from ..distributed import is_main_process
 from ..errors import DDROError
 from ..io import atomic_dir, check_output
 from ..manifest import manifest_hash, write_manifest
@@ -179,6 +180,8 @@ def run(args: DocidArguments) -> DocidTable:
     target = resolve_target(args)
     doc_ids = collection.doc_ids()
     tokens, add_doc_num, params, dedup, arrays = BUILDERS[args.encoding](args, collection, target, len(doc_ids))
+    if not is_main_process():  # torchrun: the other ranks only shared the embedding work
+        return DocidTable(doc_ids, tokens)
 
     before = DocidTable(doc_ids, tokens).collisions()
     dedup_info: dict = {"enabled": args.dedup, "extra_tokens": 0}

@@ -13,6 +13,7 @@ from typing import Optional
 
 from transformers import TrainingArguments
 
+from ..distributed import world_size
 from ..errors import DDROError
 from ..modeling.build import ModelArguments
 
@@ -47,6 +48,9 @@ class SftArguments:
     mix_repeats: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0], metadata={
         "help": "mixed schedule: how often each instance of stage 1, 2, 3 is drawn per epoch (0.5 = a fresh "
                 "random half every epoch, 4 = four times)"})
+    group_by_length: bool = field(default=False, metadata={
+        "help": "mixed schedule: batch inputs of similar length together (shuffled batches of sorted windows "
+                "of 50 batches), so short queries are not padded to passage length; same data per epoch"})
     encoder_learning_rate: Optional[float] = field(default=None, metadata={
         "help": "learning rate of the encoder-only parameters (default: the same as the rest); the stage "
                 "learning rate applies to the decoder, head and shared embeddings"})
@@ -95,4 +99,14 @@ class SftTrainingArguments(TrainingArguments):
                 self.fp16 = not self.bf16
         elif self.precision != "auto":
             self.bf16, self.fp16 = self.precision == "bf16", self.precision == "fp16"
+        if not self.use_cpu and world_size() > 1 and not _has_accelerator():
+            # torchrun on CPUs: accelerate only distributes CPU processes (gloo) when told to use the CPU
+            self.use_cpu = True
         super().__post_init__()
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()

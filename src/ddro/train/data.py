@@ -78,12 +78,15 @@ class InstanceDataset(torch.utils.data.Dataset):
         return cls(inputs, input_offsets, labels, label_offsets, parts,
                    {k: v for d in datasets for k, v in d.counts.items()})
 
-    def resampled(self, repeats: dict[int, float], epochs: int, seed: int) -> "InstanceDataset":
+    def resampled(self, repeats: dict[int, float], epochs: int, seed: int,
+                  group_batch: int | None = None) -> "InstanceDataset":
         """`epochs` shuffled epochs, each drawing every instance of part p `repeats[p]` times on average.
 
         The whole part of a repeat is taken as is; the fraction is a fresh random subset each
         epoch. The epochs are materialised, in order, as one index array (deterministic from
         `seed`): the Trainer reads it sequentially in one pass, and a resumed run sees the same data.
+        group_batch: order each epoch in batches of this size holding inputs of similar length
+        (see `group_by_length`).
         """
         rng = np.random.default_rng(seed)
         epochs_index = []
@@ -96,10 +99,32 @@ class InstanceDataset(torch.utils.data.Dataset):
                 if frac > 0 and len(members):
                     chosen.append(rng.choice(members, size=int(round(frac * len(members))), replace=False))
             if chosen:
-                epochs_index.append(rng.permutation(np.concatenate(chosen)))
+                epoch = rng.permutation(np.concatenate(chosen))
+                if group_batch:
+                    epoch = self.group_by_length(epoch, group_batch, rng)
+                epochs_index.append(epoch)
         index = np.concatenate(epochs_index) if epochs_index else np.zeros(0, dtype=np.int64)
         return InstanceDataset(self.inputs, self.input_offsets, self.labels, self.label_offsets, self.parts,
                                self.counts, index.astype(np.int64))
+
+
+    def group_by_length(self, order: np.ndarray, batch: int, rng: np.random.Generator,
+                        window: int = 50) -> np.ndarray:
+        """`order` regrouped so that each run of `batch` instances has inputs of similar length.
+
+        Passages (64+ tokens) and queries (~15) mixed in one batch pad every query to the
+        passage length, so a batch costs what its longest input costs. Within windows of
+        `window` batches of the shuffled order the instances are sorted by input length and
+        cut into batches; the batches are then shuffled, so the data seen per epoch is unchanged
+        and only its grouping into batches differs.
+        """
+        lengths = np.diff(self.input_offsets)[order]
+        size = batch * window
+        grouped = [chunk[np.argsort(-lengths[i:i + size], kind="stable")]
+                   for i, chunk in ((i, order[i:i + size]) for i in range(0, len(order), size))]
+        flat = np.concatenate(grouped)
+        batches = [flat[i:i + batch] for i in range(0, len(flat), batch)]
+        return np.concatenate([batches[i] for i in rng.permutation(len(batches))])
 
 
 def read_instances(path: str | Path, table: DocidTable, *, part: int = 0,

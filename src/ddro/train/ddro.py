@@ -49,11 +49,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from ..config import as_dict, entry_point, parse_args
 from ..docids.table import DocidTable
 from ..errors import DDROError
-from ..io import atomic_dir, atomic_file, check_output, sha256_file, write_json
+from ..io import Journal, atomic_dir, atomic_file, check_output, sha256_file, write_json
 from ..manifest import MANIFEST, manifest_hash, write_manifest
 from ..negatives import Negatives
 from .arguments import SftTrainingArguments
 from .ddro_loss import IGNORE, ddro_loss, grouped_logps, pair_logps
+from .resume import FaultHook, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -218,27 +219,37 @@ def query_batches(items: np.ndarray, batch_size: int):
 
 def compute_reference_logps(model, query_ids: list[list[int]], docid_tokens: list[tuple[int, ...]],
                             items: np.ndarray, pad_token_id: int, batch_size: int,
-                            autocast: torch.dtype | None = None) -> np.ndarray:
+                            autocast: torch.dtype | None = None, journal: Journal | None = None) -> np.ndarray:
     """log p_ref(docid | query) for each (query index, doc index) row of `items` (sorted by query).
 
     One no-grad pass: each batch runs the encoder once per distinct query and the decoder on
     that query's docids, up to `batch_size` (query, docid) rows per batch; `autocast`: the
-    mixed-precision dtype training will use (None: full precision).
+    mixed-precision dtype training will use (None: full precision). With a `journal`, each
+    batch is committed to it and a pass killed before the end goes on after its last batch.
     """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     out = np.zeros(len(items), dtype=np.float32)
+    done = journal.done if journal is not None else 0
+    if done:
+        log.info("reference log-probs: resuming %s after %d of %d rows", journal.folder, done, len(items))
+        out[:done] = np.frombuffer(journal.read_bytes(), dtype=np.float32)
     amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
-    with torch.no_grad(), amp, tqdm(total=len(items), desc="reference log-probs", unit="pair", mininterval=2) as bar:
+    with torch.no_grad(), amp, tqdm(total=len(items), initial=done, desc="reference log-probs", unit="pair",
+                                    mininterval=2) as bar:
         for lo, hi in query_batches(items, batch_size):
+            if hi <= done:
+                continue
             queries, owner = np.unique(items[lo:hi, 0], return_inverse=True)
             input_ids, mask = pad_queries([query_ids[q] for q in queries], pad_token_id)
             labels = pad([docid_tokens[d] for d in items[lo:hi, 1]], IGNORE)
             logps = grouped_logps(model, input_ids.to(device), mask.to(device), labels.to(device),
                                   torch.from_numpy(owner).to(device))
             out[lo:hi] = logps.float().cpu().numpy()
-            bar.update(hi - lo)
+            if journal is not None:
+                journal.append(out[max(lo, done):hi].tobytes(), hi - max(lo, done))
+            bar.update(hi - max(lo, done))
     model.train(was_training)
     return out
 
@@ -267,11 +278,15 @@ def cached_reference_logps(cache_dir: Path, key_parts: dict, compute, items: np.
             log.warning("reference cache %s does not match the pairs; recomputing", path)
         except Exception as e:  # a truncated or foreign file: recompute, never fail on a cache
             log.warning("reference cache %s unreadable (%s); recomputing", path, e)
-    logps = compute()
+    # the pass commits its batches here, so a killed run resumes it
+    journal = Journal(path.with_suffix(".partial"), {"key": key, "items": hashlib.sha256(codes.tobytes()).hexdigest()},
+                      overwrite=True)
+    logps = compute(journal)
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, overwrite=True, mode="wb") as f:
         f.write(save({"items": codes, "logps": logps.astype(np.float32)},
                      metadata={"key": key, **{k: str(v) for k, v in key_parts.items()}}))
+    journal.discard()
     log.info("reference log-probs: computed %d, cached in %s", len(logps), path)
     return logps, False
 
@@ -366,9 +381,11 @@ def prepare(args: DDROArguments, targs: TrainingArguments, model, tokenizer, tab
                  "negatives": manifest_hash(negatives.path), "docids": manifest_hash(table.path),
                  "query_max_length": args.query_max_length, "lowercase": args.lowercase, "precision": precision}
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    with targs.main_process_first(desc="reference log-probs"):  # DDP: rank 0 computes, the others read the cache
-        logps, reused = cached_reference_logps(cache_dir, key_parts, lambda: compute_reference_logps(
-            model, query_ids, table.tokens, items, tokenizer.pad_token_id, args.ref_batch_size, autocast), items)
+    # DDP: rank 0 computes (once, even over several nodes), the others then read the cache file
+    with targs.main_process_first(local=False, desc="reference log-probs"):
+        logps, reused = cached_reference_logps(cache_dir, key_parts, lambda journal: compute_reference_logps(
+            model, query_ids, table.tokens, items, tokenizer.pad_token_id, args.ref_batch_size, autocast,
+            journal=journal), items)
     codes = items[:, 0] * len(table) + items[:, 1]  # sorted, as `items` is
 
     def ref_of(q: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -399,8 +416,6 @@ def training_config(targs: TrainingArguments) -> dict:
 
 
 def run(args: DDROArguments, targs: DDROTrainingArguments) -> dict:
-    from transformers.trainer_utils import get_last_checkpoint
-
     from ..modeling import load_model, save_model
 
     if args.resume and args.overwrite:
@@ -410,7 +425,7 @@ def run(args: DDROArguments, targs: DDROTrainingArguments) -> dict:
     cache_dir = Path(args.ref_cache_dir) if args.ref_cache_dir else out.parent / "ref_cache"
     resume = targs.resume_from_checkpoint  # an explicit checkpoint folder, if given
     if args.resume and not resume:
-        resume = get_last_checkpoint(str(work)) if work.is_dir() else None
+        resume = last_checkpoint(work)  # one half-written when the run was killed is skipped
         if resume is None:
             raise DDROError(f"--resume: no trainer checkpoint in {work}")
     elif not resume and work.is_dir() and any(work.glob("checkpoint-*")):
@@ -439,7 +454,7 @@ def run(args: DDROArguments, targs: DDROTrainingArguments) -> dict:
     targs.output_dir = str(work)  # the trainer's checkpoints; the final model goes to final_dir
     trainer = DDROTrainer(model=model, args=targs, data_collator=PairCollator(tokenizer.pad_token_id),
                           train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-                          callbacks=[WarmupCheck()], beta=args.beta)
+                          callbacks=[WarmupCheck(), FaultHook()], beta=args.beta)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = {k: v for k, v in result.metrics.items() if not k.endswith(("_runtime", "_per_second"))}
     if val_ds is not None and targs.eval_strategy != "no":
@@ -460,7 +475,7 @@ def run(args: DDROArguments, targs: DDROTrainingArguments) -> dict:
         write_json(tmp / "log_history.json", history)
         manifest = write_manifest(tmp, KIND, counts={**info["counts"], "steps": trainer.state.global_step},
                                   config=config, inputs=inputs, metrics=metrics,
-                                  reference_cache=info["ref_cache"]["key"])
+                                  reference_cache=info["ref_cache"]["key"], world_size=targs.world_size)
     if not args.keep_work_dir:
         shutil.rmtree(work, ignore_errors=True)
     log.info("DDRO checkpoint written to %s (%s)", out, metrics)

@@ -38,6 +38,7 @@ from ..modeling.checkpoint import POINTER, resolve_checkpoint
 from ..tokenizer import check_tokenizer
 from .arguments import SCHEDULES, DataArguments, ModelArguments, SftArguments, SftTrainingArguments
 from .data import InstanceDataset, Seq2SeqCollator, check_input_vocab, read_instances
+from .resume import FaultHook, last_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -222,11 +223,9 @@ def check_signature(ctx: Context, stage, old: dict, what) -> None:
 
 def resume_point(ctx: Context, stage, checkpoints: Path, init_record: dict) -> str | None:
     """The last Trainer checkpoint of an interrupted stage, if it was training what this run asks."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     if not (ctx.sft.resume and checkpoints.is_dir()):
         return None
-    last = get_last_checkpoint(str(checkpoints))
+    last = last_checkpoint(checkpoints)  # a checkpoint half-written when the run was killed is skipped
     if last and (checkpoints / RUN_FILE).is_file():
         run_record = read_json(checkpoints / RUN_FILE)
         check_signature(ctx, stage, run_record["signature"], checkpoints)
@@ -302,7 +301,7 @@ def train_stage(ctx: Context, stage, dataset: InstanceDataset, init: Path | None
     args = stage_training_args(ctx, folder, epochs, lr, batch, sequential=stage == "mixed")
     trainer = _make_trainer_class()(
         model=model, args=args, train_dataset=dataset, data_collator=Seq2SeqCollator(tokenizer.pad_token_id),
-        processing_class=tokenizer, encoder_learning_rate=ctx.sft.encoder_learning_rate)
+        processing_class=tokenizer, encoder_learning_rate=ctx.sft.encoder_learning_rate, callbacks=[FaultHook()])
     if args.fp16 and info["construction"].startswith("t5"):
         log.warning("fp16 is known to overflow in T5; prefer --precision bf16 or fp32")
     checkpoints = folder / "checkpoints"
@@ -358,7 +357,8 @@ def run_mixed(ctx: Context) -> Path:
     parts = [read_instances(Path(ctx.data_args.instances) / f"stage{s}.jsonl", ctx.table, part=s,
                             max_source_length=ctx.data_args.max_source_length) for s in stages]
     base = InstanceDataset.concat(parts)
-    dataset = base.resampled({s: sft.mix_repeats[s - 1] for s in stages}, sft.mix_epochs, ctx.training.seed)
+    dataset = base.resampled({s: sft.mix_repeats[s - 1] for s in stages}, sft.mix_epochs, ctx.training.seed,
+                             group_batch=ctx.training.per_device_train_batch_size if sft.group_by_length else None)
     if len(dataset) == 0:
         raise DDROError(f"{ctx.data_args.instances}: the mix of stages {stages} has no instances")
     init = resolve_checkpoint(sft.init_from) if sft.init_from else None
@@ -397,6 +397,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, sft: SftArguments,
     hashes = {"instances": manifest_hash(instances), "docids": manifest_hash(table.path)}
     check_instances(instances, instances_manifest, hashes["docids"])
     out = Path(training.output_dir)
+    training.device  # set up the (torchrun) process group first: `_state()` reads it
     prepare_output(out, sft)
     ctx = Context(model_args, data_args, sft, training, out, table, instances_manifest, hashes)
     last = run_sequential(ctx) if sft.schedule == "sequential" else run_mixed(ctx)
