@@ -57,3 +57,44 @@ def test_collection_without_train_split_trains_ddro_on_pseudo_queries(pipeline_o
     manifest = json.loads((out / "negatives" / "manifest.json").read_text())
     assert manifest["config"]["queries"] == "pseudo"
     assert (out / "ddro" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("stage_name", ["sft", "ddro"])
+def test_interrupted_training_stage_resumes_only_with_the_same_config(stage_name, tmp_path, monkeypatch):
+    """A training stage killed after a checkpoint continues with --resume when rerun with the
+    same config; with another config it starts over (--overwrite, interrupted folder removed)."""
+    from types import SimpleNamespace
+
+    from ddro import pipeline
+
+    stage = next(s for s in pipeline.STAGES if s.name == stage_name)
+    folder = pipeline.stage_folder(tmp_path, stage)
+    checkpoint = folder / "mixed" / "checkpoints" / "checkpoint-5" if stage_name == "sft" else \
+        tmp_path / "ddro.trainer" / "checkpoint-5"
+    calls, interrupt = [], [True]
+
+    def main(argv):
+        calls.append(argv[2:])
+        folder.mkdir(parents=True, exist_ok=True)
+        if interrupt[0]:  # dies after its first checkpoint
+            checkpoint.mkdir(parents=True, exist_ok=True)
+            raise KeyboardInterrupt
+        (folder / stage.done_file).write_text(str(len(calls)))
+
+    monkeypatch.setattr(pipeline.importlib, "import_module", lambda name: SimpleNamespace(main=main))
+    state = {}
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_stage(tmp_path, stage, {"lr": 1}, state)
+    interrupt[0] = False
+    pipeline.run_stage(tmp_path, stage, {"lr": 1}, state)
+    assert calls == [["--overwrite", "true"], ["--resume", "true"]]
+
+    calls.clear()
+    interrupt[0] = True
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_stage(tmp_path, stage, {"lr": 2}, state)
+    interrupt[0] = False
+    pipeline.run_stage(tmp_path, stage, {"lr": 3}, state)
+    assert calls == [["--overwrite", "true"], ["--overwrite", "true"]]
+    if stage_name == "sft":  # the interrupted folder went before the fresh start
+        assert not checkpoint.exists()

@@ -161,6 +161,18 @@ def output_hash(out: Path, stage: Stage) -> str | None:
     return sha256_file(done) if done.is_file() else None
 
 
+RESUMABLE = ("sft", "ddro")  # training stages: `--resume` continues from their trainer checkpoints
+
+
+def has_checkpoints(folder: Path, stage: Stage) -> bool:
+    """Whether an interrupted training stage left trainer checkpoints to resume from."""
+    if stage.name == "sft":
+        return folder.is_dir() and any(folder.glob("*/checkpoints/checkpoint-*"))
+    if stage.name == "ddro":
+        return any(Path(f"{folder}.trainer").glob("checkpoint-*"))
+    return False
+
+
 def run_stage(out: Path, stage: Stage, config: dict, state: dict) -> None:
     """Run one stage unless its recorded config and upstream outputs are unchanged."""
     upstream = {name: state.get(name, {}).get("output") for name in stage.upstream}
@@ -175,10 +187,21 @@ def run_stage(out: Path, stage: Stage, config: dict, state: dict) -> None:
     config_file.parent.mkdir(parents=True, exist_ok=True)
     write_json(config_file, config)
     folder = stage_folder(out, stage)
-    if folder.exists():  # stale or incomplete: rebuilt from scratch
-        shutil.rmtree(folder)
-    log.info("[%s] ddro %s --config %s", stage.name, stage.module, config_file)
-    importlib.import_module(stage.module).main(["--config", str(config_file)])
+    argv = ["--config", str(config_file)]
+    if previous.get("started") == record and has_checkpoints(folder, stage):
+        # interrupted with this very config: continue from its last trainer checkpoint
+        log.info("[%s] resuming the interrupted run", stage.name)
+        argv += ["--resume", "true"]
+    else:
+        # stale or incomplete: rebuilt from scratch (an interrupted data stage or evaluation
+        # resumes by itself from its journal beside the output, which is kept)
+        if folder.exists():
+            shutil.rmtree(folder)
+        argv += ["--overwrite", "true"] if stage.name in RESUMABLE else []
+    state[stage.name] = {"started": record}
+    write_json(out / STATE, state)
+    log.info("[%s] ddro %s %s", stage.name, stage.module, " ".join(argv))
+    importlib.import_module(stage.module).main(argv)
     produced = output_hash(out, stage)
     if produced is None:
         raise DDROError(f"stage {stage.name} finished without writing {folder / stage.done_file}")
