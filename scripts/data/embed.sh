@@ -11,5 +11,5 @@ setting optional "$@"
 no_extra_args
 
 config=$(stage_config docids "$DATA/configs/embed.json" embedder embed_fields embed_max_length embed_batch_size)
-entry ddro.docids.embed
+entry ddro.docids.embed docids embed
 launch "${ENTRY[@]}" --config "$config" --collection "$COLLECTION" --embed_cache "$DATA/cache/embeddings"

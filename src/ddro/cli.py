@@ -15,6 +15,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("data nq", "ddro.data.nq", "build NQ320k from the raw Natural Questions files"),
     ("data sentences", "ddro.data.sentences", "add Punkt sentence splits (`sents`) to a collection"),
     ("tokenizer train", "ddro.tokenizer", "train a T5-layout sentencepiece tokenizer on a collection"),
+    ("docids embed", "ddro.docids.embed", "fill the PQ embedding cache ahead of `ddro docids` (shardable)"),
     ("docids", "ddro.docids.build", "encode every document's docid (pq, tu or atomic)"),
     ("pseudo-queries", "ddro.pseudo_queries", "generate pseudo-queries for every document"),
     ("instances", "ddro.instances", "build the three SFT stages' training files and the eval files"),

@@ -229,7 +229,7 @@ def run(args: EmbedArguments):
 @entry_point
 def main(argv=None):
     """Fill the embedding cache of `ddro docids --encoding pq` (sharded over torchrun ranks or array tasks)."""
-    (args,) = parse_args([EmbedArguments], argv, prog="python -m ddro.docids.embed", description=main.__doc__)
+    (args,) = parse_args([EmbedArguments], argv, prog="ddro docids embed", description=main.__doc__)
     run(args)
 
 
