@@ -8,6 +8,7 @@ import pytest
 from ddro import pseudo_queries as pq
 from ddro.data.collection import write_collection
 from ddro.errors import DDROError
+from ddro.io import Journal
 from ddro.manifest import manifest_hash, read_manifest
 from raw_fixtures import WORDS, t5_tokenizer
 
@@ -135,7 +136,7 @@ def test_doc2query_resumes_after_a_crash(tmp_path, tiny_doc2query, monkeypatch):
         pq.run(d2q_args(coll, out, tiny_doc2query))
     partial = pq.partial_dir(out)
     assert not out.exists()
-    assert json.loads((partial / pq.STATE).read_text())["docs_done"] == 2
+    assert json.loads((partial / Journal.STATE).read_text())["done"] == 2
     with open(partial / pq.FILE, "a", encoding="utf-8") as f:  # a torn write after the last saved state
         f.write('{"doc_id": "d2", "que')
 

@@ -176,6 +176,12 @@ def fault_point(name: str) -> None:
 _fault_counts: dict[str, int] = {}
 
 
+def partial_dir(out: str | os.PathLike) -> Path:
+    """Where an unfinished run keeps its journal: a hidden folder beside its output."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
 class Journal:
     """The resume point of a long stage: an append-only data file plus a committed state.
 

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from .config import as_dict, entry_point, parse_args
 from .data.collection import Collection
 from .errors import DDROError, InputError
-from .io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, iter_lines
+from .io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, iter_lines, partial_dir
 from .manifest import MANIFEST, manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
 from .pseudo_queries import check_pseudo_queries, iter_pseudo_queries, stable_seed
 
@@ -196,11 +196,6 @@ def search_chunks(index, queries: dict[str, str], k: int,
 
 
 # ----------------------------------------------------------------------------- run
-
-def partial_dir(out: Path) -> Path:
-    """Where an unfinished run keeps its finished chunks (`ddro.io.Journal`), beside the output."""
-    return out.parent / f".{out.name}.partial"
-
 
 def journal_identity(args: NegativesArguments, collection: Collection) -> dict:
     """What the chunks depend on: a rerun resumes an unfinished run only when all of it matches."""

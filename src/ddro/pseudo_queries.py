@@ -41,14 +41,13 @@ from .config import as_dict, entry_point, parse_args
 from .distributed import (INDEX_HELP, SHARD_HELP, Shard, ShardSet, barrier, default_num_shards,
                           default_shard_index, device_for_rank, is_main_process, plan_shard)
 from .errors import DDROError, InputError
-from .io import atomic_dir, check_output, dumps_line, fault_point, iter_jsonl, read_json, write_json
+from .io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, partial_dir
 from .manifest import MANIFEST, manifest_hash_or_none, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
 KIND = "pseudo_queries"
 FILE = "pseudo_queries.jsonl"
-STATE = "state.json"
 METHODS = ("spans", "doc2query")
 
 
@@ -148,33 +147,6 @@ def make_generator(args: PseudoQueriesArguments) -> Callable[[list[dict], int], 
                                          args.span_min_words, args.span_max_words) for d in docs]
 
 
-def partial_dir(out: Path) -> Path:
-    return out.parent / f".{out.name}.partial"
-
-
-def resume_state(partial: Path, identity: dict, overwrite: bool) -> dict:
-    """Where an unfinished run with the same settings stopped (a fresh state otherwise)."""
-    fresh = {"identity": identity, "docs_done": 0, "bytes": 0, "empty_dropped": 0}
-    if not (partial / STATE).is_file() or not (partial / FILE).is_file():
-        shutil.rmtree(partial, ignore_errors=True)
-        return fresh
-    state = read_json(partial / STATE)
-    if state.get("identity") != identity:
-        if not overwrite:
-            raise DDROError(f"{partial}: an unfinished run with other settings; "
-                            "remove it or pass --overwrite to start over")
-        shutil.rmtree(partial)
-        return fresh
-    if (partial / FILE).stat().st_size < state["bytes"]:
-        log.warning("%s: shorter than its saved state; starting over", partial / FILE)
-        shutil.rmtree(partial)
-        return fresh
-    log.info("resuming %s after %d documents", partial, state["docs_done"])
-    with open(partial / FILE, "r+b") as f:  # drop whatever was written after the last saved state
-        f.truncate(state["bytes"])
-    return state
-
-
 def batches(docs: Iterator[dict], size: int) -> Iterator[list[dict]]:
     batch: list[dict] = []
     for doc in docs:
@@ -190,33 +162,29 @@ SHARD_ARGS = ("num_shards", "shard_index", "merge_shards")
 
 
 def generate_block(args: PseudoQueriesArguments, collection, generate, partial: Path, identity: dict,
-                   batch_range: range) -> dict:
-    """Generate the documents of batches `batch_range` into `partial`/FILE, resumably; returns the state."""
-    state = resume_state(partial, identity, args.overwrite)
-    partial.mkdir(parents=True, exist_ok=True)
+                   batch_range: range) -> Journal:
+    """Generate the documents of batches `batch_range` into a journal in `partial` (its file is
+    `partial`/FILE), resuming an unfinished run with the same identity; returns the journal."""
+    journal = Journal(partial, identity, args.overwrite, name=FILE)
+    if journal.done:
+        log.info("resuming %s after %d documents", partial, journal.done)
     first = batch_range.start * args.batch_size
     n_docs = max(0, min(len(collection), batch_range.stop * args.batch_size) - first)
-    done = state["docs_done"]
-    with open(partial / FILE, "ab") as f, tqdm(total=n_docs, initial=done, desc="pseudo-queries",
-                                               unit="doc", mininterval=2) as bar:
+    done, empty_dropped = journal.done, journal.stats.get("empty_dropped", 0)
+    with tqdm(total=n_docs, initial=done, desc="pseudo-queries", unit="doc", mininterval=2) as bar:
         docs = itertools.islice(collection.iter_docs(), first + done, first + n_docs)
         # batch numbers are global, so every batch samples as in a single process
         for index, batch in enumerate(batches(docs, args.batch_size), start=(first + done) // args.batch_size):
             lines = []
             for doc, queries in zip(batch, generate(batch, index)):
                 kept = [q for q in queries if q.strip()]
-                state["empty_dropped"] += len(queries) - len(kept)
+                empty_dropped += len(queries) - len(kept)
                 lines += [dumps_line({"doc_id": doc["_id"], "query": q}) for q in kept]
-            f.write("".join(lines).encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-            fault_point("journal")  # written, not yet committed (kill/resume tests)
-            state["docs_done"] += len(batch)
-            state["bytes"] = f.tell()
-            write_json(partial / f"{STATE}.tmp", state)
-            os.replace(partial / f"{STATE}.tmp", partial / STATE)
+            journal.append("".join(lines).encode("utf-8"), len(batch), {"empty_dropped": empty_dropped})
             bar.update(len(batch))
-    return state
+    if not journal.path.is_file():  # an empty block (more shards than batches): an empty file
+        journal.append(b"", 0, {"empty_dropped": 0})
+    return journal
 
 
 def generate_shard(args: PseudoQueriesArguments, collection, identity: dict, shard: Shard) -> ShardSet | None:
@@ -231,11 +199,11 @@ def generate_shard(args: PseudoQueriesArguments, collection, identity: dict, sha
     else:
         partial = shards.payload(shard).with_suffix(".partial")
         block = shard.block(-(-len(collection) // args.batch_size))
-        state = generate_block(args, collection, make_generator(args), partial,
-                               {**identity, "shard": shard.index, "num_shards": shard.count}, block)
+        journal = generate_block(args, collection, make_generator(args), partial,
+                                 {**identity, "shard": shard.index, "num_shards": shard.count}, block)
         shards.marker(shard).unlink(missing_ok=True)
-        os.replace(partial / FILE, shards.payload(shard))
-        shards.finish(shard, docs=state["docs_done"], empty_dropped=state["empty_dropped"])
+        os.replace(journal.path, shards.payload(shard))
+        shards.finish(shard, docs=journal.done, empty_dropped=journal.stats["empty_dropped"])
         shutil.rmtree(partial, ignore_errors=True)
     barrier()
     if is_main_process() and shards.claim_merge():
@@ -259,9 +227,9 @@ def run(args: PseudoQueriesArguments) -> dict:
     shard = plan_shard(args.num_shards, args.shard_index)
     if shard.count == 1 and not args.merge_shards:
         partial, shards = partial_dir(out), None
-        state = generate_block(args, collection, make_generator(args), partial, identity,
-                               range(-(-n_docs // args.batch_size)))
-        empty_dropped = state["empty_dropped"]
+        journal = generate_block(args, collection, make_generator(args), partial, identity,
+                                 range(-(-n_docs // args.batch_size)))
+        empty_dropped = journal.stats["empty_dropped"]
     else:
         shards = generate_shard(args, collection, identity, shard)
         if shards is None:  # another process merges

@@ -26,7 +26,7 @@ from ..docids.table import DocidTable
 from ..errors import DDROError, InputError
 from ..distributed import (INDEX_HELP, SHARD_HELP, Shard, ShardSet, barrier, default_num_shards,
                            default_shard_index, device_for_rank, is_main_process, plan_shard)
-from ..io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, sha256_file
+from ..io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, partial_dir, sha256_file
 from ..manifest import manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
 from ..hub import resolve_file, resolve_model
 from ..modeling.checkpoint import is_plain_checkpoint, resolve_checkpoint
@@ -135,11 +135,6 @@ def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, bea
 
 def hits_lines(hits: dict[str, list[tuple[str, float]]]) -> str:
     return "".join(dumps_line({"query_id": q, "hits": [[d, float(s)] for d, s in h]}) for q, h in hits.items())
-
-
-def partial_dir(out: str | Path) -> Path:
-    """Where a single-process evaluation commits its finished batches until --out is written."""
-    return Path(out).parent / f".{Path(out).name}.partial"
 
 
 SHARD_ARGS = ("num_shards", "shard_index", "merge_shards")
