@@ -53,10 +53,10 @@ class Size:
 # DDRO batch 64 pairs, stage-1 passages of 128 tokens, embed batch 256); MS MARCO queries are
 # about 6 words, ~16 T5 tokens (batches are padded to their longest, not to query_max_length).
 SIZES = {
-    "gpu": Size(319_927, 24, 768, 12, 3072, 12, beams=80, batch=16, queries=64, ref_queries=16, repeats=2,
+    "gpu": Size(319_927, 24, 768, 12, 3072, 12, beams=80, batch=16, queries=128, ref_queries=16, repeats=2,
                 sft_batch=64, ddro_batch=64, train_steps=10, passage_tokens=128, query_tokens=16,
                 embed_docs=20_000, embed_batch=256, doc_words=200),
-    "cpu": Size(20_000, 24, 256, 4, 1024, 4, beams=80, batch=4, queries=4, ref_queries=4, repeats=1,
+    "cpu": Size(20_000, 24, 256, 4, 1024, 4, beams=80, batch=4, queries=4, ref_queries=4, repeats=2,
                 sft_batch=8, ddro_batch=8, train_steps=3, passage_tokens=128, query_tokens=16,
                 embed_docs=256, embed_batch=64, doc_words=200),
     "tiny": Size(500, 8, 64, 2, 128, 2, beams=10, batch=2, queries=2, ref_queries=2, repeats=1,
@@ -71,10 +71,14 @@ def check_packages(parts) -> None:
     missing = sorted({pip for mod, pip in needs.items() if importlib.util.find_spec(mod) is None})
     if missing:
         hint = " (or --skip embed)" if set(missing) <= set(NEEDS["embed"].values()) else ""
-        sys.exit(f"gpu_check: missing Python packages: {', '.join(missing)}; "
-                 f"pip install {' '.join(missing)}{hint}")
+        fail(f"missing Python packages: {', '.join(missing)}; pip install {' '.join(missing)}{hint}")
     if importlib.util.find_spec("ddro") is None:
-        sys.exit("gpu_check: cannot import ddro: run benchmarks/gpu_check.sh (it sets PYTHONPATH=src)")
+        fail("cannot import ddro: run benchmarks/gpu_check.sh (it sets PYTHONPATH=src)")
+
+
+def fail(message: str) -> None:
+    print(f"gpu_check: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def timed_steps(step, steps: int, device: str, warmup: int = 2) -> float:
