@@ -206,7 +206,7 @@ def embed(size: Size, device: str) -> list[tuple]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
                                      epilog="\n".join(__doc__.splitlines()[4:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), help="default: gpu with CUDA, else cpu")

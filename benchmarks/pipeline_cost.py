@@ -207,12 +207,12 @@ def estimate_text(est: list[dict], work: dict, gpu_path: str | None, gpu_name: s
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[2:]),
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), epilog="\n".join(__doc__.splitlines()[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collection", required=True, help="as `ddro pipeline --collection`")
     p.add_argument("--output", required=True, help="a fresh folder for the pipeline's outputs")
     p.add_argument("--preset", default="tiny", help="as `ddro pipeline --preset`")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="as `ddro pipeline --split`")
     p.add_argument("--json", help="write the measurements here (default: OUTPUT.cost.json)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the child processes")
     p.add_argument("--estimate", action="store_true", help="also estimate the MS MARCO top-300k cost")
