@@ -48,10 +48,12 @@ def load_tables(docids_dir: str | None, large: bool) -> list[tuple[str, list[tup
     return tables
 
 
-def make_model(vocab: int, device: str, seed: int = 42):
+def make_model(vocab: int, device: str, seed: int = 42, d_model: int = 256, heads: int = 4, d_ff: int = 1024,
+               layers: int = 4):
     torch.manual_seed(seed)
-    config = T5Config(vocab_size=vocab, d_model=256, d_kv=64, num_heads=4, d_ff=1024, num_layers=4,
-                      num_decoder_layers=4, decoder_start_token_id=START, pad_token_id=START, eos_token_id=EOS)
+    config = T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // heads, num_heads=heads, d_ff=d_ff,
+                      num_layers=layers, num_decoder_layers=layers, decoder_start_token_id=START,
+                      pad_token_id=START, eos_token_id=EOS)
     model = T5ForConditionalGeneration(config).to(device).eval()
     model.generation_config.eos_token_id = None     # unconstrained runs then take the full number of steps
     return model
@@ -103,8 +105,13 @@ def build_costs(docids, end: int) -> dict:
                 dict_s=dict_s, dict_mb=dict_mb)
 
 
-def decoding_times(model, trie, dict_trie, queries, beams: int, batch: int, device: str, repeats: int) -> dict:
-    """Seconds per query of the three searches over all `queries` (batches of `batch`)."""
+SEARCHES = ("unconstrained", "ours", "reference")
+
+
+def decoding_times(model, trie, dict_trie, queries, beams: int, batch: int, device: str, repeats: int,
+                   searches=SEARCHES, share: bool = True) -> dict:
+    """Seconds per query of the `searches` over all `queries` (batches of `batch`), and the
+    processor's share of our search's time when `share`."""
     batches = [queries[i:i + batch] for i in range(0, len(queries), batch)]
     common = dict(num_beams=beams, num_return_sequences=beams, do_sample=False)
     ref_fn = dict_trie_allowed_fn(dict_trie, trie.end_token)
@@ -122,10 +129,11 @@ def decoding_times(model, trie, dict_trie, queries, beams: int, batch: int, devi
             model.generate(input_ids=ids, max_new_tokens=trie.max_depth, eos_token_id=trie.end_token,
                            prefix_allowed_tokens_fn=ref_fn, **common)
 
+    fns = {"unconstrained": unconstrained, "ours": ours, "reference": reference}
     with torch.no_grad():
-        best = best_times({"unconstrained": unconstrained, "ours": ours, "reference": reference}, device, repeats)
-        share = processor_share(ours, device)
-    return {**{name: t / len(queries) for name, t in best.items()}, "share": share}
+        best = best_times({name: fns[name] for name in searches}, device, repeats)
+        shares = {"share": processor_share(ours, device)} if share else {}
+    return {**{name: t / len(queries) for name, t in best.items()}, **shares}
 
 
 def processor_share(run, device: str) -> float:
