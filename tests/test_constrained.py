@@ -163,3 +163,11 @@ def test_docid_tokens_beyond_the_model_vocabulary_are_refused(model):
     trie = DocidTrie([(VOCAB + 5,)], END)
     with pytest.raises(DDROError, match="vocab|scores only"):
         constrained_generate(model, queries(1), None, trie, 2)
+
+
+def test_one_docid_and_more_beams(model):
+    """Placeholder rows that end off the trie's leaves are skipped, whatever their node number."""
+    trie = DocidTrie([(2,)], END)
+    for decoding in (DecodingArguments(beams=2), DecodingArguments(beams=3, early_stopping="false")):
+        results = constrained_generate(model, queries(2), None, trie, decoding=decoding)
+        assert [[b.docid for b in found] for found in results] == [[(2,)], [(2,)]]

@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -209,7 +210,8 @@ def constrained_generate(model, input_ids: torch.Tensor, attention_mask: torch.T
     scores = [lp / n ** decoding.exponent for lp, n in zip(log_probs, length.tolist())]
     is_leaf = tt.leaf[leaves].tolist()
     leaves = leaves.cpu().numpy()
-    docid_index = trie.docid_index(leaves)
+    # rows that end off a leaf (placeholders, or cut by max_length) are looked up as any leaf, then skipped
+    docid_index = trie.docid_index(np.where(is_leaf, leaves, trie.leaf_nodes[0]))
     results: list[list[Beam]] = []
     for q in range(len(seqs) // nrs):
         beams_found, seen = [], set()
