@@ -6,6 +6,7 @@ from transformers import LogitsProcessorList, T5Config, T5ForConditionalGenerati
 from ddro.errors import DDROError
 from ddro.eval.constrained import (TrieConstrainedLogitsProcessor, constrained_generate, dict_trie_allowed_fn,
                                    mask_scores, nested_dict_trie, walk)
+from ddro.eval.decoding import STOPPING, DecodingArguments
 from ddro.eval.trie import DocidTrie
 
 START, END, VOCAB = 0, 1, 300     # T5: decoder start = pad = 0, eos = 1
@@ -79,8 +80,11 @@ def test_processor_follows_reordered_beams_without_walking():
     assert torch.isfinite(out[0]).nonzero().view(-1).tolist() == trie.allowed(docids[0][:2])
 
 
-@pytest.mark.parametrize("beams", [4, 10])
-def test_same_beams_as_the_reference_approach(model, beams):
+@pytest.mark.parametrize("beams,decoding", [
+    (4, DecodingArguments()), (10, DecodingArguments()),
+    (10, DecodingArguments(ranking="length_normalised", early_stopping="false")),   # HF's defaults
+    (4, DecodingArguments(ranking="length_normalised", length_penalty=0.5, early_stopping="never"))])
+def test_same_beams_as_the_reference_approach(model, beams, decoding):
     """Docids that carry their own end token (TU): the end is scored by the model, as in the reference."""
     rng = np.random.default_rng(beams)
     docids = [(*d, END) for d in random_docids(rng, 50)]
@@ -88,7 +92,8 @@ def test_same_beams_as_the_reference_approach(model, beams):
     assert not trie.free_end
     ids = queries(3)
     common = dict(input_ids=ids, num_beams=beams, num_return_sequences=beams, max_new_tokens=trie.max_depth,
-                  eos_token_id=END, do_sample=False, return_dict_in_generate=True, output_scores=True)
+                  eos_token_id=END, do_sample=False, return_dict_in_generate=True, output_scores=True,
+                  length_penalty=decoding.exponent, early_stopping=STOPPING[decoding.early_stopping])
     processor = TrieConstrainedLogitsProcessor(trie, num_beams=beams)
     ours = model.generate(**common, logits_processor=LogitsProcessorList([processor]))
     ref = model.generate(**common, prefix_allowed_tokens_fn=dict_trie_allowed_fn(nested_dict_trie(docids, END), END))
@@ -97,7 +102,7 @@ def test_same_beams_as_the_reference_approach(model, beams):
     assert processor.walks == 0
 
     # the helper: the reference's beams as docids, repeats dropped, with the same scores
-    results = constrained_generate(model, ids, None, trie, beams)
+    results = constrained_generate(model, ids, None, trie, beams, decoding=decoding)
     for q, beams_found in enumerate(results):
         want, seen = [], set()
         for seq, score in zip(ref.sequences[q * beams:(q + 1) * beams], ref.sequences_scores[q * beams:]):
@@ -117,7 +122,7 @@ def test_trie_added_end_costs_nothing(model):
     trie = DocidTrie(docids, END)
     assert trie.free_end
     ids = queries(2, seed=3)
-    results = constrained_generate(model, ids, None, trie, num_beams=8, length_penalty=0.0)
+    results = constrained_generate(model, ids, None, trie, num_beams=8)
     for q, found in enumerate(results):
         labels = torch.tensor([b.docid for b in found])
         with torch.no_grad():
@@ -158,3 +163,11 @@ def test_docid_tokens_beyond_the_model_vocabulary_are_refused(model):
     trie = DocidTrie([(VOCAB + 5,)], END)
     with pytest.raises(DDROError, match="vocab|scores only"):
         constrained_generate(model, queries(1), None, trie, 2)
+
+
+def test_one_docid_and_more_beams(model):
+    """Placeholder rows that end off the trie's leaves are skipped, whatever their node number."""
+    trie = DocidTrie([(2,)], END)
+    for decoding in (DecodingArguments(beams=2), DecodingArguments(beams=3, early_stopping="false")):
+        results = constrained_generate(model, queries(2), None, trie, decoding=decoding)
+        assert [[b.docid for b in found] for found in results] == [[(2,)], [(2,)]]

@@ -125,3 +125,29 @@ def test_results_table():
         "| BM25 | 0.5000 | 0.6492 |",
         "| DDRO |  | 0.7000 |",
     ]
+
+
+def test_a_run_claims_only_the_recall_its_depth_holds(tmp_path):
+    from ddro.eval.metrics import shared_metrics, write_run_folder
+
+    deep, _ = evaluate(RUN, QRELS, depth=100)
+    assert [m for m in deep if m.startswith("R@")] == ["R@1", "R@5", "R@10", "R@100"] and deep["depth"] == 100
+    beams20, per_query20 = evaluate(RUN, QRELS, depth=20)
+    assert [m for m in beams20 if m.startswith("R@")] == ["R@1", "R@5", "R@10", "R@20"]
+    assert per_query20["q1"]["R@20"] == 1.0 and beams20["MRR@10"] == pytest.approx(0.5)
+    shallow, per_query3 = evaluate(RUN, QRELS, depth=3)
+    assert [m for m in shallow if m.startswith("R@")] == ["R@1", "R@3"]
+    assert per_query3["q1"]["R@3"] == pytest.approx(0.5)            # d1 at rank 2, d2 at rank 4
+    # metrics.json records the depth; per_query.csv holds the run's own columns, and a t-test between
+    # systems of different depth compares only the metrics both hold
+    write_run_folder(tmp_path / "a", RUN, QRELS, "a", depth=3)
+    write_run_folder(tmp_path / "b", RUN, QRELS, "b", depth=100)
+    import json
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["depth"] == 3
+    a, b = read_per_query(tmp_path / "a" / "per_query.csv"), read_per_query(tmp_path / "b" / "per_query.csv")
+    assert (tmp_path / "a" / "per_query.csv").read_text().splitlines()[0] == "qid,R@1,R@3,MRR@10,nDCG@10"
+    assert shared_metrics(a, b) == ["R@1", "MRR@10", "nDCG@10"]
+    assert all(paired_ttest(a, b, m)["p_value"] == 1.0 for m in shared_metrics(a, b))
+    table = results_table({"BM25": deep, "SFT": shallow})
+    assert table.splitlines()[0] == "| system | R@1 | R@3 | R@5 | R@10 | R@100 | MRR@10 | nDCG@10 |"
+    assert table.splitlines()[3].startswith("| SFT | 0.3333 | 0.5000 |  |  |  |")   # R@3: (0.5 + 1 + 0) / 3

@@ -98,3 +98,32 @@ def test_interrupted_training_stage_resumes_only_with_the_same_config(stage_name
     assert calls == [["--overwrite", "true"], ["--overwrite", "true"]]
     if stage_name == "sft":  # the interrupted folder went before the fresh start
         assert not checkpoint.exists()
+
+
+def test_sft_run_is_ranked_by_teacher_forced_summed_log_probs(pipeline_out):
+    """`ddro rescore`: re-scoring each query's returned docids by teacher forcing finds no pair out of order."""
+    from ddro.eval.rescore import RescoreArguments, run_rescore
+
+    _, out = pipeline_out
+    result = run_rescore(RescoreArguments(model=str(out / "sft"), docids=str(out / "docids"),
+                                          instances=str(out / "instances"), run=str(out / "runs" / "sft.test.run")))
+    assert result["queries"] > 0
+    assert result["queries_with_inversion"] == 0, (result["max_inversion"], result["inverted"][:5])
+    assert result["max_inversion"] <= 1e-4
+
+
+def test_metrics_claim_only_the_runs_depth(pipeline_out):
+    """Micro preset: 5 beams, BM25 k 100: R@10 and R@100 only for BM25, recorded depths, blank cells."""
+    import json
+
+    _, out = pipeline_out
+    depth = {f: json.loads((out / f / "metrics.json").read_text())["depth"] for f in ("bm25", "eval/sft", "eval/ddro")}
+    assert depth == {"bm25": 100, "eval/sft": 5, "eval/ddro": 5}
+    sft = json.loads((out / "eval" / "sft" / "metrics.json").read_text())
+    assert "R@5" in sft and "R@10" not in sft and "R@100" not in sft
+    rows = {m.group(1): line for line in (out / "results.md").read_text().splitlines() if (m := ROW.match(line))}
+    assert rows["sft"].rstrip().endswith("|") and "|  |" in rows["sft"] and "|  |" not in rows["bm25"]
+    manifest = json.loads((out / "eval" / "sft" / "manifest.json").read_text())
+    assert manifest["decoding"] == {"beams": 5, "ranking": "sum", "length_penalty": 0.0, "early_stopping": "never",
+                                    "max_length": manifest["decoding"]["max_length"]}
+    assert manifest["decoding"]["max_length"] >= 5          # PQ M = 4 (+ a dedup token) + the end edge

@@ -23,6 +23,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("negatives", "ddro.negatives", "phase 2 data: BM25 hard negatives sampled from rank bands"),
     ("train ddro", "ddro.train.ddro", "phase 2: direct document relevance optimisation (pairwise loss)"),
     ("eval", "ddro.eval.evaluate", "trie-constrained beam search on a split: TREC run + metrics"),
+    ("rescore", "ddro.eval.rescore", "re-score a run's docids by teacher forcing: report ranking inversions"),
     ("bm25", "ddro.bm25", "BM25 baseline run and metrics on a split"),
     ("pipeline", "ddro.pipeline", "run every stage built so far, skipping finished ones"),
     ("verify", "ddro.verify", "re-check a pipeline folder's manifests; report anything stale or inconsistent"),

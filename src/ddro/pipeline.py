@@ -122,6 +122,16 @@ FOLDERS = {"eval_sft": "eval/sft", "eval_ddro": "eval/ddro"}
 RUNS = {"bm25": "bm25", "eval_sft": "sft", "eval_ddro": "ddro"}  # stage -> system name in runs/
 
 
+def run_depth(stage_name: str, config: dict | None) -> int:
+    """Documents per query a system's run holds at most (its metrics claim no more): BM25's `k`,
+    an evaluation's `beams` (the defaults of those stages where the config leaves them out)."""
+    from .bm25.cli import BM25Arguments
+    from .eval.decoding import DecodingArguments
+
+    key, args = ("k", BM25Arguments) if stage_name == "bm25" else ("beams", DecodingArguments)
+    return int((config or {}).get(key, args.__dataclass_fields__[key].default))
+
+
 def stage_folder(out: Path, stage: Stage) -> Path:
     return out / FOLDERS.get(stage.name, stage.name)
 
@@ -211,7 +221,7 @@ def run_stage(out: Path, stage: Stage, config: dict, state: dict) -> None:
 
 def write_results(out: Path, split: str) -> Path:
     """Copy the runs to OUT/runs/ and tabulate every system, with SFT vs DDRO t-tests."""
-    from .eval.metrics import METRICS, paired_ttest, read_per_query, results_table
+    from .eval.metrics import paired_ttest, read_per_query, results_table, shared_metrics
 
     systems, per_query = {}, {}
     (out / "runs").mkdir(exist_ok=True)
@@ -221,11 +231,13 @@ def write_results(out: Path, split: str) -> Path:
             shutil.copyfile(folder / "run.trec", out / "runs" / f"{system}.{split}.run")
             systems[system] = read_json(folder / "metrics.json")
             per_query[system] = read_per_query(folder / "per_query.csv")
-    lines = [f"# Results on `{split}`", "", results_table(systems), ""]
+    depths = ", ".join(f"{name} {values.get('depth')}" for name, values in systems.items())
+    lines = [f"# Results on `{split}`", "", results_table(systems), "",
+             f"R@k only for k up to each run's depth, the documents it returns per query ({depths}).", ""]
     if "sft" in per_query and "ddro" in per_query:
         lines += ["## DDRO vs SFT (paired t-test over queries)", "", "| metric | SFT | DDRO | diff | p |",
                   "|---|---|---|---|---|"]
-        for metric in METRICS:
+        for metric in shared_metrics(per_query["sft"], per_query["ddro"]):
             t = paired_ttest(per_query["sft"], per_query["ddro"], metric)
             lines.append(f"| {metric} | {systems['sft'][metric]:.4f} | {systems['ddro'][metric]:.4f} | "
                          f"{t['mean_diff']:+.4f} | {t['p_value']:.3g} |")

@@ -24,7 +24,7 @@ from .config import entry_point, parse_args
 from .errors import DDROError
 from .io import sha256_file
 from .manifest import MANIFEST
-from .pipeline import RUNS, STAGES, STATE, Stage, stage_folder
+from .pipeline import RUNS, STAGES, STATE, Stage, run_depth, stage_folder
 
 OK, STALE, MISSING, CORRUPT = "OK", "STALE", "MISSING", "CORRUPT"
 SEVERITY = {OK: 0, STALE: 1, CORRUPT: 2, MISSING: 3}
@@ -221,7 +221,7 @@ def system_metrics(out: Path, state: dict | None, split: str) -> dict[str, tuple
         run = out / "runs" / f"{system}.{split}.run"
         if run.is_file():
             config = ((state or {}).get(stage_name) or {}).get("config")
-            result[system] = evaluate(run, eval_qrels(out, split, config))
+            result[system] = evaluate(run, eval_qrels(out, split, config), run_depth(stage_name, config))
     return result
 
 
@@ -261,7 +261,7 @@ def parse_results(text: str) -> tuple[dict[str, dict[str, str]], dict[str, list[
 
 
 def check_results(out: Path, split: str, state: dict | None, digits: int, check: Check) -> None:
-    from .eval.metrics import METRICS, paired_ttest
+    from .eval.metrics import ordered_metrics, paired_ttest, shared_metrics
 
     results = out / "results.md"
     if not results.is_file():
@@ -273,15 +273,16 @@ def check_results(out: Path, split: str, state: dict | None, digits: int, check:
         if system not in systems:
             check.add(CORRUPT, f"results.md has no row for {system}")
             continue
-        for metric in METRICS:
-            expected = f"{aggregate[metric]:.{digits}f}"
-            if systems[system].get(metric) != expected:
+        # a metric beyond the run's depth must stay blank
+        for metric in ordered_metrics({*aggregate, *systems[system]}):
+            expected = f"{aggregate[metric]:.{digits}f}" if metric in aggregate else ""
+            if systems[system].get(metric, "") != expected:
                 check.add(CORRUPT, f"results.md: {system} {metric} is {systems[system].get(metric)}, "
                                    f"the run file gives {expected}")
     for system in sorted(set(systems) - set(recomputed)):
         check.add(CORRUPT, f"results.md lists {system}, which has no run file")
     if "sft" in recomputed and "ddro" in recomputed:
-        for metric in METRICS:
+        for metric in shared_metrics(recomputed["sft"][1], recomputed["ddro"][1]):
             t = paired_ttest(recomputed["sft"][1], recomputed["ddro"][1], metric)
             expected = [f"{t['mean_a']:.4f}", f"{t['mean_b']:.4f}", f"{t['mean_diff']:+.4f}", f"{t['p_value']:.3g}"]
             if tests.get(metric) != expected:

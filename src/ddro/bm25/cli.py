@@ -55,7 +55,7 @@ def run(args: BM25Arguments) -> dict:
     if collection_hash is None:
         log.warning("%s has no %s: the run cannot record which collection it came from", collection.path, MANIFEST)
     with atomic_dir(args.out, args.overwrite) as tmp:
-        metrics, _ = write_run_folder(tmp, hits, qrels, args.tag)
+        metrics, _ = write_run_folder(tmp, hits, qrels, args.tag, depth=args.k)
         manifest = write_manifest(
             tmp, "run", config=as_dict(args),
             inputs={"collection": collection_hash},

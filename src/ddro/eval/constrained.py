@@ -25,12 +25,16 @@ end token; leaves absorb that padding.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ..errors import DDROError
+from ..modeling.build import special_ids
+from .decoding import DecodingArguments, generation_config, only_config
 from .trie import DocidTrie, TrieTensors
 
 
@@ -175,44 +179,49 @@ class Beam(NamedTuple):
 
 
 def constrained_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                         trie: DocidTrie, num_beams: int, num_return_sequences: int | None = None,
-                         decoder_start_token_id: int | None = None, **generate_kwargs) -> list[list[Beam]]:
-    """Beam search over the docids in `trie`: per query, distinct docids with their
-    sequence scores (summed log-probs / length ** length_penalty, as HF's `sequences_scores`),
-    best first. Fewer than `num_return_sequences` when the trie holds fewer docids."""
-    nrs = num_return_sequences or num_beams
-    processor = TrieConstrainedLogitsProcessor(trie, prompt_len=1, num_beams=num_beams, track_scores=True,
+                         trie: DocidTrie, num_beams: int | None = None, num_return_sequences: int | None = None,
+                         decoder_start_token_id: int | None = None,
+                         decoding: DecodingArguments | None = None) -> list[list[Beam]]:
+    """Beam search over the docids in `trie`: per query, distinct docids with their scores, best first.
+
+    Scores follow `decoding.ranking` (default: the exact summed log-prob of the docid's tokens,
+    see ddro.eval.decoding); `num_beams` overrides `decoding.beams`. Every generation setting
+    is passed explicitly (`generation_config`), none is read from the model's. Fewer than
+    `num_return_sequences` when the trie holds fewer docids."""
+    decoding = decoding or DecodingArguments()
+    if num_beams is not None:
+        decoding = replace(decoding, beams=num_beams)
+    beams = decoding.beams
+    nrs = num_return_sequences or beams
+    processor = TrieConstrainedLogitsProcessor(trie, prompt_len=1, num_beams=beams, track_scores=True,
                                               inplace=True)
-    config = generate_kwargs.get("generation_config", model.generation_config)
-    length_penalty = generate_kwargs.setdefault("length_penalty", config.length_penalty)
-    if length_penalty is None:                       # HF's default
-        length_penalty = generate_kwargs["length_penalty"] = 1.0
-    if decoder_start_token_id is not None:
-        generate_kwargs["decoder_start_token_id"] = decoder_start_token_id
-    with torch.no_grad():
-        seqs = model.generate(input_ids=input_ids, attention_mask=attention_mask, num_beams=num_beams,
-                              num_return_sequences=nrs, max_new_tokens=trie.max_depth, do_sample=False,
-                              eos_token_id=trie.end_token, return_dict_in_generate=False,
-                              logits_processor=LogitsProcessorList([processor]), **generate_kwargs)
+    ids = special_ids(model)   # the model's special ids, its only settings used here
+    start = ids["decoder_start"] if decoder_start_token_id is None else decoder_start_token_id
+    config = generation_config(decoding, trie, nrs, trie.end_token if ids["pad"] is None else ids["pad"], start)
+    with torch.no_grad(), only_config(model, config):
+        seqs = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                              logits_processor=LogitsProcessorList([processor]))
     tt = trie.to_torch(seqs.device)
     generated = seqs[:, 1:]
     leaves = walk(tt, generated)
     length = (generated == trie.end_token).int().argmax(1) + 1          # tokens up to the first end
     query = torch.arange(len(seqs), device=seqs.device) // nrs
     log_probs = processor.finished_log_probs(query, leaves).tolist()
-    scores = [lp / n ** length_penalty for lp, n in zip(log_probs, length.tolist())]
+    scores = [lp / n ** decoding.exponent for lp, n in zip(log_probs, length.tolist())]
     is_leaf = tt.leaf[leaves].tolist()
     leaves = leaves.cpu().numpy()
-    docid_index = trie.docid_index(leaves)
+    # rows that end off a leaf (placeholders, or cut by max_length) are looked up as any leaf, then skipped
+    docid_index = trie.docid_index(np.where(is_leaf, leaves, trie.leaf_nodes[0]))
     results: list[list[Beam]] = []
     for q in range(len(seqs) // nrs):
-        beams, seen = [], set()
+        beams_found, seen = [], set()
         for i in range(q * nrs, (q + 1) * nrs):
             # HF pads with placeholder rows (not leaves) and may return a docid twice
             if is_leaf[i] and leaves[i] not in seen:
                 seen.add(leaves[i])
-                beams.append(Beam(tuple(map(int, trie.docids[docid_index[i]])), scores[i]))
-        results.append(sorted(beams, key=lambda b: -b.score))
+                beams_found.append(Beam(tuple(map(int, trie.docids[docid_index[i]])), scores[i]))
+        # stable: equal scores keep HF's order
+        results.append(sorted(beams_found, key=lambda b: -b.score))
     return results
 
 

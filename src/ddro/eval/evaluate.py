@@ -30,7 +30,9 @@ from ..io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, part
 from ..manifest import manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
 from ..hub import resolve_file, resolve_model
 from ..modeling.checkpoint import is_plain_checkpoint, resolve_checkpoint
+from ..modeling.build import special_ids
 from .constrained import constrained_generate
+from .decoding import DecodingArguments
 from .metrics import write_run_folder
 from .published import is_published_test_file, read_published_docids, read_published_queries
 from .trie import DocidTrie
@@ -54,7 +56,6 @@ class EvalArguments:
     cache_dir: Optional[str] = field(default=None, metadata={
         "help": "download cache for hf: references (default: the Hugging Face cache)"})
     split: str = field(default="test", metadata={"help": "split to evaluate (eval/<split>.jsonl)"})
-    beams: int = field(default=20, metadata={"help": "beam size = docids returned per query"})
     batch_size: int = field(default=16, metadata={"help": "queries per generate call"})
     max_queries: Optional[int] = field(default=None, metadata={"help": "evaluate only the first N queries"})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)"})
@@ -99,14 +100,31 @@ def rank_documents(beams, table: DocidTable) -> list[tuple[str, float]]:
     return hits
 
 
-def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, beams: int, batch_size: int,
-                 device: torch.device, journal: Journal | None = None) -> dict[str, list[tuple[str, float]]]:
-    """Hits per query; with a `journal`, each batch is committed to it and a rerun starts after the
-    last committed batch (scores round-trip exactly through JSON)."""
-    end_token = model.generation_config.eos_token_id
+def docid_trie(model, table: DocidTable) -> DocidTrie:
+    """The trie of the table's docids, ended by the model's end token (TU docids may already end with it)."""
+    end_token = special_ids(model)["eos"]
     if isinstance(end_token, list):
         end_token = end_token[0]
-    trie = DocidTrie(list(table.groups), end_token=end_token)  # TU docids may already end with it
+    return DocidTrie(list(table.groups), end_token=end_token)
+
+
+def end_token_of(model_path) -> int:
+    """The end token a checkpoint decodes with (from its config.json: no weights loaded)."""
+    from transformers import AutoConfig
+
+    end = AutoConfig.from_pretrained(model_path).eos_token_id
+    return end[0] if isinstance(end, list) else end
+
+
+def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, decoding: DecodingArguments | int,
+                 batch_size: int, device: torch.device, journal: Journal | None = None
+                 ) -> dict[str, list[tuple[str, float]]]:
+    """Hits per query (`decoding`: the settings, or just a beam size with the default others); with a
+    `journal`, each batch is committed to it and a rerun starts after the last committed batch (scores
+    round-trip exactly through JSON)."""
+    if isinstance(decoding, int):
+        decoding = DecodingArguments(beams=decoding)
+    trie = docid_trie(model, table)
     rows = model.get_input_embeddings().num_embeddings
     for q in queries:  # an id beyond the embeddings would fail deep inside the model
         if max(q["input_ids"]) >= rows:
@@ -125,7 +143,7 @@ def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, bea
         for i, q in enumerate(batch):
             ids[i, :len(q["input_ids"])] = torch.tensor(q["input_ids"])
             mask[i, :len(q["input_ids"])] = 1
-        results = constrained_generate(model, ids.to(device), mask.to(device), trie, num_beams=beams)
+        results = constrained_generate(model, ids.to(device), mask.to(device), trie, decoding=decoding)
         for q, result in zip(batch, results):
             run[q["query_id"]] = rank_documents(result, table)
         if journal is not None:
@@ -140,13 +158,13 @@ def hits_lines(hits: dict[str, list[tuple[str, float]]]) -> str:
 SHARD_ARGS = ("num_shards", "shard_index", "merge_shards")
 
 
-def run_config(args: EvalArguments) -> dict:
+def run_config(args: EvalArguments, decoding: DecodingArguments) -> dict:
     """The manifest's config: how the work was split does not change the result."""
-    return {k: v for k, v in as_dict(args).items() if k not in SHARD_ARGS}
+    return {k: v for k, v in as_dict(args, decoding).items() if k not in SHARD_ARGS}
 
 
-def generate_block(args: EvalArguments, queries: list[dict], table: DocidTable, shard: Shard,
-                   journal: Journal | None = None) -> dict:
+def generate_block(args: EvalArguments, decoding: DecodingArguments, queries: list[dict], table: DocidTable,
+                   shard: Shard, journal: Journal | None = None) -> dict:
     """Hits of this shard's whole batches: each batch is the one a single process would run."""
     from ..modeling.checkpoint import load_model
 
@@ -156,10 +174,10 @@ def generate_block(args: EvalArguments, queries: list[dict], table: DocidTable, 
     device = torch.device(device_for_rank(args.device))
     model = loaded.model.to(device)
     pad_id = loaded.tokenizer.pad_token_id or 0
-    return generate_run(model, pad_id, mine, table, args.beams, args.batch_size, device, journal)
+    return generate_run(model, pad_id, mine, table, decoding, args.batch_size, device, journal)
 
 
-def sharded_hits(args: EvalArguments, queries: list[dict], table: DocidTable,
+def sharded_hits(args: EvalArguments, decoding: DecodingArguments, queries: list[dict], table: DocidTable,
                  inputs: dict) -> tuple[dict | None, ShardSet | None]:
     """(the run's hits, the shards they came from), computed here or merged from the shards;
     hits None when another process merges.
@@ -169,11 +187,11 @@ def sharded_hits(args: EvalArguments, queries: list[dict], table: DocidTable,
     that finds every shard done, reads them back in query order (scores round-trip exactly).
     """
     shard = plan_shard(args.num_shards, args.shard_index)
-    settings = {**{k: v for k, v in run_config(args).items() if k not in ("out", "overwrite", "device")},
+    settings = {**{k: v for k, v in run_config(args, decoding).items() if k not in ("out", "overwrite", "device")},
                 **inputs}
     if shard.count == 1 and not args.merge_shards:  # `run` removes the journal once --out is written
         journal = Journal(partial_dir(args.out), settings, args.overwrite)
-        return generate_block(args, queries, table, shard, journal), None
+        return generate_block(args, decoding, queries, table, shard, journal), None
     shards = ShardSet(args.out, settings, shard.count, "jsonl")
     if args.merge_shards:
         if shard.count == 1:
@@ -186,7 +204,7 @@ def sharded_hits(args: EvalArguments, queries: list[dict], table: DocidTable,
         else:
             journal = Journal(shards.payload(shard).with_suffix(".partial"),
                               {**settings, "shard": shard.index, "num_shards": shard.count}, args.overwrite)
-            hits = generate_block(args, queries, table, shard, journal)
+            hits = generate_block(args, decoding, queries, table, shard, journal)
             with shards.writing(shard) as f:
                 f.write(hits_lines(hits))
             shards.finish(shard, queries=len(hits))
@@ -205,7 +223,8 @@ def sharded_hits(args: EvalArguments, queries: list[dict], table: DocidTable,
     return hits, shards
 
 
-def run(args: EvalArguments) -> dict:
+def run(args: EvalArguments, decoding: DecodingArguments | None = None) -> dict:
+    decoding = decoding or DecodingArguments()
     if bool(args.instances) == bool(args.test_file):
         raise DDROError("give exactly one of --instances (a folder) or --test-file (a JSONL file)")
     check_output(args.out, args.overwrite)
@@ -228,14 +247,16 @@ def run(args: EvalArguments) -> dict:
     model_id = manifest_hash_or_none(model_path) or model.source
     docids_id = manifest_hash(docids.path) if folder_table else sha256_file(docids.path)
     inputs = {"model": model_id, "docids": docids_id, "queries": sha256_file(path)}
-    hits, shards = sharded_hits(replace(args, model=str(model.path)), queries, table, inputs)
+    hits, shards = sharded_hits(replace(args, model=str(model.path)), decoding, queries, table, inputs)
     if hits is None:  # this process wrote its shard; another one merges
         return {}
     qrels = {q["query_id"]: {d: int(s) for d, s in q["relevant"].items()} for q in queries}
     with atomic_dir(args.out, args.overwrite) as tmp:
-        metrics, _ = write_run_folder(tmp, hits, qrels, args.tag)
+        metrics, _ = write_run_folder(tmp, hits, qrels, args.tag, depth=decoding.beams)
+        trie = DocidTrie(list(table.groups), end_token=end_token_of(model_path))
         manifest = write_manifest(
-            tmp, "run", config=run_config(args), split=args.split, metrics=metrics,
+            tmp, "run", config=run_config(args, decoding), split=args.split, metrics=metrics,
+            decoding=decoding.resolved(trie),
             inputs={"model": model_id, "docids": docids_id,
                     "queries": test.source if test and test.source else str(path)},
             counts={"queries": len(queries), "evaluated_queries": metrics["queries"]})
@@ -249,8 +270,9 @@ def run(args: EvalArguments) -> dict:
 @entry_point
 def main(argv=None):
     """Evaluate a generative retriever: constrained beam search, TREC run, metrics."""
-    (args,) = parse_args([EvalArguments], argv, prog="ddro eval", description=main.__doc__)
-    run(args)
+    args, decoding = parse_args([EvalArguments, DecodingArguments], argv, prog="ddro eval",
+                                description=main.__doc__)
+    run(args, decoding)
 
 
 if __name__ == "__main__":

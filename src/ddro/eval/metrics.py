@@ -7,13 +7,18 @@ Conventions, the same for every system so that numbers compare:
   has no documents for scores 0 on every metric (trec_eval would leave it out);
 - the ranking evaluated is the run's canonical order (score descending, ties by doc id
   ascending): ranks, not raw scores, are handed to ir_measures, so the evaluator's own
-  tie-breaking never comes into play.
+  tie-breaking never comes into play;
+- a run claims only what it holds: given its depth (the documents a system returns per
+  query: `beams` for a generative run, `k` for BM25), R@k is reported only for k <= depth,
+  plus R@<depth> when the depth is not one of the standard cutoffs (R@20 for 20 beams), so
+  R@100 of a 20-beam run is never printed next to BM25's top-100 recall.
 """
 from __future__ import annotations
 
 import csv
 import math
 import os
+import re
 from pathlib import Path
 from typing import Mapping
 
@@ -24,12 +29,37 @@ from .runs import canonical_run, read_run
 Qrels = Mapping[str, Mapping[str, int]]
 PerQuery = dict[str, dict[str, float]]  # query id -> {metric: value}
 
-# Our metric names -> ir_measures measure strings.
-MEASURES: dict[str, str] = {
-    "R@1": "R(rel=1)@1", "R@5": "R(rel=1)@5", "R@10": "R(rel=1)@10", "R@100": "R(rel=1)@100",
-    "MRR@10": "RR(rel=1)@10", "nDCG@10": "nDCG@10",
-}
-METRICS = tuple(MEASURES)
+CUTOFFS = (1, 5, 10, 100)                                        # the standard recall cutoffs
+RANKED = {"MRR@10": "RR(rel=1)@10", "nDCG@10": "nDCG@10"}         # reported at every depth
+RECALL = re.compile(r"R@(\d+)")
+
+
+def metric_names(depth: int | None = None) -> tuple[str, ...]:
+    """The metrics a run of `depth` documents per query supports (None: every standard one)."""
+    cutoffs = CUTOFFS if depth is None else sorted({k for k in CUTOFFS if k <= depth} | {depth})
+    return (*(f"R@{k}" for k in cutoffs), *RANKED)
+
+
+def measure(name: str) -> str:
+    """Our metric name -> the ir_measures measure string."""
+    m = RECALL.fullmatch(name)
+    return f"R(rel=1)@{m.group(1)}" if m else RANKED[name]
+
+
+def ordered_metrics(names) -> list[str]:
+    """The metric names among `names` (other keys dropped), recall by cutoff first, as tables show them."""
+    recall = sorted((n for n in set(names) if RECALL.fullmatch(n)), key=lambda n: int(n[2:]))
+    return recall + [n for n in RANKED if n in set(names)]
+
+
+def shared_metrics(*per_query: "PerQuery") -> list[str]:
+    """Metrics every one of the systems' per-query results holds: the ones a t-test may compare."""
+    keys = [set(next(iter(pq.values()), {})) for pq in per_query]
+    return ordered_metrics(set.intersection(*keys)) if keys else []
+
+
+METRICS = metric_names()
+MEASURES: dict[str, str] = {name: measure(name) for name in METRICS}
 
 
 def relevant_qrels(qrels: Qrels) -> dict[str, dict[str, int]]:
@@ -38,13 +68,18 @@ def relevant_qrels(qrels: Qrels) -> dict[str, dict[str, int]]:
     return {qid: docs for qid, docs in kept.items() if docs}
 
 
-def evaluate(run: Mapping[str, list[tuple[str, float]]] | str | os.PathLike, qrels: Qrels
-             ) -> tuple[dict[str, float | int], PerQuery]:
+def evaluate(run: Mapping[str, list[tuple[str, float]]] | str | os.PathLike, qrels: Qrels,
+             depth: int | None = None) -> tuple[dict[str, float | int | None], PerQuery]:
     """(aggregate, per query) for `run` (hits per query, or a run file) against `qrels`.
 
-    The aggregate holds the mean of each metric over the evaluated queries and
-    `queries` (how many were evaluated) and `queries_without_results`.
+    depth: documents per query the system returns (beams, or BM25's k); only the metrics
+    `metric_names(depth)` are computed. The aggregate holds the mean of each metric over
+    the evaluated queries, `queries` (how many were evaluated), `queries_without_results`
+    and `depth`.
     """
+    if depth is not None and depth < 1:
+        raise DDROError(f"run depth must be >= 1, got {depth}")
+    names = metric_names(depth)
     import ir_measures
 
     run = read_run(run) if isinstance(run, (str, os.PathLike)) else canonical_run(run)
@@ -54,26 +89,28 @@ def evaluate(run: Mapping[str, list[tuple[str, float]]] | str | os.PathLike, qre
     # Rank-derived scores: n, n-1, ..., 1 keep exactly the canonical order.
     ranked = {qid: {doc_id: float(len(hits) - i) for i, (doc_id, _) in enumerate(hits)}
               for qid, hits in run.items() if qid in judged and hits}
-    per_query: PerQuery = {qid: dict.fromkeys(METRICS, 0.0) for qid in judged}
+    per_query: PerQuery = {qid: dict.fromkeys(names, 0.0) for qid in judged}
     if ranked:
-        by_measure = {ir_measures.parse_measure(m): name for name, m in MEASURES.items()}
+        by_measure = {ir_measures.parse_measure(measure(name)): name for name in names}
         for metric in ir_measures.iter_calc(list(by_measure), judged, ranked):
             if metric.query_id in ranked:  # providers may also emit 0s for absent queries
                 per_query[metric.query_id][by_measure[metric.measure]] = float(metric.value)
     aggregate: dict[str, float | int] = {
-        name: math.fsum(values[name] for values in per_query.values()) / len(per_query) for name in METRICS}
+        name: math.fsum(values[name] for values in per_query.values()) / len(per_query) for name in names}
     aggregate["queries"] = len(per_query)
     aggregate["queries_without_results"] = len(per_query) - len(ranked)
+    aggregate["depth"] = depth
     return aggregate, per_query
 
 
 def write_per_query(path: str | os.PathLike, per_query: PerQuery, overwrite: bool = False) -> None:
-    """CSV `qid,<metric>...`, queries sorted by id."""
+    """CSV `qid,<metric>...` (the metrics the results hold), queries sorted by id."""
+    names = ordered_metrics(next(iter(per_query.values()), METRICS))
     with atomic_file(path, overwrite) as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["qid", *METRICS])
+        writer.writerow(["qid", *names])
         for qid in sorted(per_query):
-            writer.writerow([qid, *(repr(per_query[qid][m]) for m in METRICS)])
+            writer.writerow([qid, *(repr(per_query[qid][m]) for m in names)])
 
 
 def read_per_query(path: str | os.PathLike) -> PerQuery:
@@ -125,8 +162,9 @@ def paired_ttest(per_query_a: PerQuery, per_query_b: PerQuery, metric: str) -> d
 
 
 def results_table(systems: Mapping[str, Mapping[str, float]], digits: int = 4) -> str:
-    """A Markdown table: one row per system, one column per metric present (in METRICS order)."""
-    metrics = [m for m in METRICS if any(m in values for values in systems.values())]
+    """A Markdown table: one row per system, one column per metric any system holds (blank where
+    a system's run is too shallow for it)."""
+    metrics = ordered_metrics({m for values in systems.values() for m in values})
     lines = ["| system | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     for name, values in systems.items():
         cells = [f"{values[m]:.{digits}f}" if m in values else "" for m in metrics]
@@ -135,14 +173,14 @@ def results_table(systems: Mapping[str, Mapping[str, float]], digits: int = 4) -
 
 
 def write_run_folder(folder: str | os.PathLike, hits: Mapping[str, list[tuple[str, float]]], qrels: Qrels,
-                     tag: str) -> tuple[dict[str, float | int], PerQuery]:
+                     tag: str, depth: int | None) -> tuple[dict[str, float | int | None], PerQuery]:
     """The files of every retrieval output (BM25 or generative): `run.trec`,
-    `metrics.json` and `per_query.csv`; returns (metrics, per query)."""
+    `metrics.json` (with the run's `depth`) and `per_query.csv`; returns (metrics, per query)."""
     from ..io import write_json
     from .runs import write_run
 
     folder = Path(folder)
-    metrics, per_query = evaluate(hits, qrels)
+    metrics, per_query = evaluate(hits, qrels, depth)
     write_run(folder / "run.trec", hits, tag)
     write_json(folder / "metrics.json", metrics)
     write_per_query(folder / "per_query.csv", per_query)

@@ -29,8 +29,7 @@ from .plots import plot_beams, plot_training, plot_wins
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("R@1", "R@5", "R@10", "R@100", "MRR@10", "nDCG@10")
-BEAM_METRICS = ["MRR@10", "nDCG@10", "R@10"]
+BEAM_METRICS = ["MRR@10", "nDCG@10", "R@10"]  # R@10 only at beam sizes >= 10
 MARKS = (("bm25", "†"), ("sft", "‡"))  # system compared against, mark when p < alpha
 
 
@@ -66,15 +65,23 @@ def parse_beam_sizes(text: str) -> list[int]:
 
 # ------------------------------------------------------------------ statistics
 
+def table_metrics(output: Output) -> list[str]:
+    """The table's columns for an output: every metric one of its systems' runs is deep enough for."""
+    from ..eval.metrics import ordered_metrics
+
+    return ordered_metrics({m for values in output.aggregate.values() for m in values})
+
+
 def significance(output: Output) -> dict[tuple[str, str, str], dict]:
-    """(system, against, metric) -> paired t-test of `system` against `against` over the queries."""
-    from ..eval.metrics import paired_ttest
+    """(system, against, metric) -> paired t-test of `system` against `against` over the queries,
+    on the metrics both runs hold."""
+    from ..eval.metrics import paired_ttest, shared_metrics
 
     tests = {}
     for system in SYSTEMS:
         for against, _ in MARKS:
             if SYSTEMS.index(against) < SYSTEMS.index(system):
-                for metric in TABLE_METRICS:
+                for metric in shared_metrics(output.per_query[against], output.per_query[system]):
                     tests[system, against, metric] = paired_ttest(
                         output.per_query[against], output.per_query[system], metric)
     return tests
@@ -82,9 +89,11 @@ def significance(output: Output) -> dict[tuple[str, str, str], dict]:
 
 def wins(output: Output, metric: str, tolerance: float = 1e-12) -> tuple[list[float], dict[str, int]]:
     """Per-query DDRO - SFT differences (sorted query ids) and the counts of wins, ties, losses."""
+    from ..eval.metrics import shared_metrics
+
     sft, ddro = output.per_query["sft"], output.per_query["ddro"]
-    if metric not in TABLE_METRICS:
-        raise DDROError(f"--wins_metric: one of {', '.join(TABLE_METRICS)}, got {metric!r}")
+    if metric not in (shared := shared_metrics(sft, ddro)):
+        raise DDROError(f"--wins_metric: one of {', '.join(shared)} (the SFT and DDRO runs' metrics), got {metric!r}")
     diffs = [ddro[q][metric] - sft[q][metric] for q in sorted(sft)]
     counts = {"wins": sum(d > tolerance for d in diffs), "ties": sum(abs(d) <= tolerance for d in diffs),
               "losses": sum(d < -tolerance for d in diffs)}
@@ -94,17 +103,20 @@ def wins(output: Output, metric: str, tolerance: float = 1e-12) -> tuple[list[fl
 # ------------------------------------------------------------------ markdown
 
 def systems_table(outputs: list[Output], tests: dict[str, dict], alpha: float) -> str:
-    """One row per system, one column group (the six metrics) per output."""
+    """One row per system, one column group (the metrics its runs hold) per output; blank where a
+    system's run is shallower than the metric."""
     grouped = len(outputs) > 1
-    header = [f"{o.label} {m}" if grouped else m for o in outputs for m in TABLE_METRICS]
+    columns = {o.label: table_metrics(o) for o in outputs}
+    header = [f"{o.label} {m}" if grouped else m for o in outputs for m in columns[o.label]]
     lines = ["| system | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header)]
     for system in SYSTEMS:
         cells = []
         for o in outputs:
-            for metric in TABLE_METRICS:
+            for metric in columns[o.label]:
                 marks = "".join(mark for against, mark in MARKS
                                 if (t := tests[o.label].get((system, against, metric))) and t["p_value"] < alpha)
-                cells.append(f"{o.aggregate[system][metric]:.4f}{marks}")
+                value = o.aggregate[system].get(metric)
+                cells.append("" if value is None else f"{value:.4f}{marks}")
         lines.append(f"| {NAMES[system]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -124,7 +136,7 @@ def beam_table(sweep: dict[str, dict[int, dict]]) -> str:
              "|---|---|" + "---:|" * len(sizes)]
     for system, by_beam in sweep.items():
         for metric in BEAM_METRICS:
-            cells = [f"{by_beam[b][metric]:.4f}" if b in by_beam else "" for b in sizes]
+            cells = [f"{by_beam[b][metric]:.4f}" if metric in by_beam.get(b, {}) else "" for b in sizes]
             lines.append(f"| {NAMES[system]} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -144,15 +156,17 @@ def beam_section(o: Output, args: ReportArguments, dest: Path, sizes: list[int])
         return lines + ["No SFT or DDRO checkpoint (or no beam size within the pipeline's own): no curve.", ""]
     system, by_beam = next(iter(sweep.items()))
     qids = read_per_query(cache / f"{system}-beam{min(by_beam)}" / "per_query.csv")
-    bm25 = {m: sum(o.per_query["bm25"][q][m] for q in qids) / len(qids) for m in BEAM_METRICS}
+    bm25 = {m: sum(o.per_query["bm25"][q][m] for q in qids) / len(qids) for m in BEAM_METRICS
+            if m in o.aggregate["bm25"]}
     limit = f"the first {args.max_queries}" if args.max_queries else "all"
     png = plot_beams(sweep, bm25, BEAM_METRICS, f"{o.label}: metrics vs beam size ({len(qids)} queries)",
                      dest / "report" / f"{o.label}_beams.png")
     return lines + [f"![metrics versus beam size, {o.label}](report/{png.name})", "",
                     f"`ddro eval` of the saved SFT and DDRO checkpoints at each beam size on {limit} `{o.split}` "
                     f"queries ({len(qids)} with a relevant document; BM25 on the same queries dashed): a beam of k "
-                    "returns at most k docids, and a wider beam can also change the top ones, since it finds "
-                    "higher-probability docids that a narrow one misses.", "", beam_table(sweep), ""]
+                    "returns at most k docids (R@10 is shown from beam 10 on), and a wider beam can also change "
+                    "the top ones, since it finds higher-probability docids that a narrow one misses.", "",
+                    beam_table(sweep), ""]
 
 
 def training_section(o: Output, dest: Path) -> list[str]:
@@ -195,7 +209,8 @@ def run(args: ReportArguments) -> Path:
     lines += ["", "## Systems", "",
               "Metrics recomputed with `ir_measures` from each output's `runs/<system>.<split>.run` on the "
               "collection's qrels (relevant: score >= 1; queries with a relevant document; unretrieved ones "
-              f"score 0). † p < {args.alpha:g} against BM25, ‡ p < {args.alpha:g} against SFT (two-sided "
+              "score 0; R@k only for k up to the run's depth: BM25's k, a generative run's beams; blank beyond). "
+              f"† p < {args.alpha:g} against BM25, ‡ p < {args.alpha:g} against SFT (two-sided "
               "paired t-test over queries, `scipy.stats.ttest_rel`).", "",
               systems_table(outputs, tests, args.alpha), "", "### Paired t-tests", "",
               "Difference = mean of (system - against) over the queries.", "", pvalue_table(outputs, tests), "",

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import DDROError
 from ..io import read_json
 from ..manifest import MANIFEST, manifest_hash
-from ..pipeline import RUNS, STATE
+from ..pipeline import RUNS, STATE, run_depth
 from ..verify import eval_qrels, model_folder, pipeline_split
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,9 @@ def load_output(path: Path, label: str) -> Output:
         if not run.is_file():
             raise DDROError(f"{path}: {run.relative_to(path)} not found (finish the pipeline first: "
                             f"ddro pipeline --output {path})")
-        aggregate[system], per_query[system] = evaluate(run, eval_qrels(path, split, state.get(stage_name, {})
-                                                                        .get("config")))
+        config = state.get(stage_name, {}).get("config")
+        aggregate[system], per_query[system] = evaluate(run, eval_qrels(path, split, config),
+                                                        run_depth(stage_name, config))
     return Output(label, path, split, state, aggregate, per_query)
 
 
@@ -100,11 +101,16 @@ def beam_sweep(output: Output, cache: Path, beam_sizes: list[int], max_queries: 
     """system -> beam size -> metrics, from `ddro eval` on the saved SFT and DDRO checkpoints.
 
     Each evaluation is a normal `ddro eval` folder under `cache`; one whose manifest records
-    the same model, beam size, split and query limit is reused, so a second report is instant.
+    the same model, decoding settings, split and query limit is reused, so a second report is instant.
+    The runs decode as the pipeline's own evaluation did (its `eval` section), beam size aside.
     """
+    from dataclasses import asdict, replace
+
+    from ..eval.decoding import decoding_from
     from ..eval.evaluate import EvalArguments, run as evaluate
 
     cap = preset_beams(output)
+    decoding = decoding_from(output.state.get("eval_sft", {}).get("config") or {})
     sizes = sorted({b for b in beam_sizes if cap is None or b <= cap})
     out, results = output.path, {}
     for system, folder in MODELS.items():
@@ -115,24 +121,24 @@ def beam_sweep(output: Output, cache: Path, beam_sizes: list[int], max_queries: 
         model_hash = manifest_hash(model_folder(model))
         results[system] = {}
         for beams in sizes:
-            target = cache / f"{system}-beam{beams}"
-            if not cached(target, model_hash, beams, output.split, max_queries):
+            target, settings = cache / f"{system}-beam{beams}", replace(decoding, beams=beams)
+            if not cached(target, model_hash, asdict(settings), output.split, max_queries):
                 log.info("[report] %s: %s at beam size %d", output.label, system, beams)
                 evaluate(EvalArguments(model=str(model), docids=str(out / "docids"), out=str(target),
-                                       instances=str(out / "instances"), split=output.split, beams=beams,
+                                       instances=str(out / "instances"), split=output.split,
                                        batch_size=batch_size, max_queries=max_queries, device=device,
-                                       tag=f"{system}-beam{beams}", overwrite=True))
+                                       tag=f"{system}-beam{beams}", overwrite=True), settings)
             results[system][beams] = read_json(target / "metrics.json")
     return results
 
 
-def cached(folder: Path, model_hash: str, beams: int, split: str, max_queries: int | None) -> bool:
+def cached(folder: Path, model_hash: str, decoding: dict, split: str, max_queries: int | None) -> bool:
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
     config = manifest.get("config", {})
-    return (manifest.get("inputs", {}).get("model") == model_hash and config.get("beams") == beams
-            and config.get("split") == split and config.get("max_queries") == max_queries
+    return (manifest.get("inputs", {}).get("model") == model_hash
+            and all(config.get(k) == v for k, v in decoding.items()) and config.get("split") == split and config.get("max_queries") == max_queries
             and (folder / "metrics.json").is_file())
 

@@ -30,10 +30,10 @@ def plot_beams(sweep: dict[str, dict[int, dict]], baseline: dict | None, metrics
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for system, by_beam in sweep.items():
-            sizes = sorted(by_beam)
+            sizes = [b for b in sorted(by_beam) if metric in by_beam[b]]  # R@k needs k beams
             ax.plot(sizes, [by_beam[b][metric] for b in sizes], marker="o", color=COLORS[system],
                     label=NAMES[system])
-        if baseline is not None:
+        if baseline is not None and metric in baseline:
             ax.axhline(baseline[metric], color=COLORS["bm25"], linestyle="--", label="BM25 (same queries)")
         ax.set_xscale("log")
         all_sizes = sorted({b for by_beam in sweep.values() for b in by_beam})
