@@ -125,7 +125,9 @@ def micro_preset(tmp_path, **sections) -> str:
 def test_a_bad_preset_section_fails_before_the_first_stage(section, values, says, shared_data, tmp_path, capsys):
     from ddro.cli import main as cli_main
 
-    out = tmp_path / "out"
+    out = tmp_path / "out"  # an earlier run's output, which must stay as it is
+    (out / "collection").mkdir(parents=True)
+    (out / "pipeline.json").write_text('{"collection": {}}')
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["pipeline", "--collection", str(shared_data / "adi"), "--output", str(out),
                   "--preset", micro_preset(tmp_path, **{section: values})])
@@ -133,7 +135,8 @@ def test_a_bad_preset_section_fails_before_the_first_stage(section, values, says
     lines = [x for x in err.splitlines() if x.startswith("error")]
     assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert says in lines[0]
-    assert not out.exists()  # no stage ran
+    assert sorted(p.name for p in out.iterdir()) == ["collection", "pipeline.json"]  # no stage ran
+    assert (out / "pipeline.json").read_text() == '{"collection": {}}' and not any((out / "collection").iterdir())
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
