@@ -83,11 +83,16 @@ def _collection_source(args: PipelineArguments) -> dict:
         return {"path": str(src)}
     if named.is_dir():
         return {"path": str(named)}
-    if "/" in args.collection or os.sep in args.collection or args.collection.startswith((".", "~")):
-        # meant as a folder, not a BEIR dataset name: say so, not that the name is invalid
-        raise DDROError(f"--collection {args.collection}: " +
-                        ("not a folder" if src.exists() else "no such folder"))
     return {"name": args.collection}
+
+
+def check_collection(args: PipelineArguments) -> None:
+    """A --collection meant as a folder (a path separator, or a leading '.' or '~') must be one: say
+    so, rather than that it is no valid BEIR dataset name."""
+    name = args.collection
+    if "name" in _collection_source(args) and ("/" in name or os.sep in name or name.startswith((".", "~"))):
+        raise DDROError(f"--collection {name}: " + ("not a folder" if Path(name).expanduser().exists()
+                                                    else "no such folder"))
 
 
 def _has_train(out: Path) -> bool:
@@ -270,6 +275,7 @@ def run_pipeline(args: PipelineArguments) -> Path:
         raise DDROError(f"--stop_after: unknown stage {args.stop_after!r}")
     out = Path(args.output)
     check_preset_paths(preset, out, args, args.preset)
+    check_collection(args)
     check_stage_arguments(out, args, preset)
     out.mkdir(parents=True, exist_ok=True)
     state = read_json(out / STATE) if (out / STATE).is_file() else {}
