@@ -159,3 +159,58 @@ def test_every_shared_collection_imports(shared_data, tmp_path, name):
     n_lines = sum(1 for _ in open(shared_data / name / "corpus.jsonl"))
     assert manifest["counts"]["corpus"] + manifest["warnings"].get("empty_documents_skipped", 0) == n_lines
     assert Collection(tmp_path / name).qrels("test")
+
+
+def make_train_beir(root: Path, n_train: int = 20, dev: bool = False) -> Path:
+    """A source with test queries q0, q1, `n_train` train queries t0.. (two judgements each), and
+    optionally its own dev split."""
+    corpus = [{"_id": f"d{i}", "title": "", "text": f"doc {i}"} for i in range(5)]
+    qids = ["q0", "q1", *(f"t{i}" for i in range(n_train))]
+    make_beir(root, corpus=corpus, queries=[{"_id": q, "text": f"query {q}"} for q in qids],
+              qrels="query-id\tcorpus-id\tscore\nq0\td0\t1\nq1\td1\t1\n")
+    write(root / "qrels" / "train.tsv", "query-id\tcorpus-id\tscore\n" +
+          "".join(f"t{i}\td{i % 5}\t1\nt{i}\td{(i + 1) % 5}\t2\n" for i in range(n_train)))
+    if dev:
+        write(root / "qrels" / "dev.tsv", "query-id\tcorpus-id\tscore\nq1\td2\t1\n")
+    return root
+
+
+@pytest.mark.parametrize("spec, expected", [(0.25, 5), (3, 3)])
+def test_dev_split_is_carved_from_train_seeded_and_recorded(tmp_path, spec, expected):
+    src = make_train_beir(tmp_path / "src")
+    original = Collection(src).qrels("train")
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        manifest = run(BeirArguments(path=str(src), out=str(tmp_path / name), dev_from_train=spec, seed=seed,
+                                     sentences=False))
+        col = Collection(tmp_path / name)
+        dev, train = col.qrels("dev"), col.qrels("train")
+        assert len(dev) == expected and not set(dev) & set(train)  # training never sees a dev query
+        assert {**dev, **train} == original  # every judgement kept, in one split or the other
+        assert col.qrels("test") == {"q0": {"d0": 1}, "q1": {"d1": 1}}
+        record = manifest["dev_split"]
+        assert (record["queries"], record["seed"], record["train_queries_before"]) == (expected, seed, 20)
+        assert record["fraction"] == pytest.approx(expected / 20)
+        runs[name] = sorted(dev)
+    assert runs["a"] == runs["b"]  # the same seed draws the same queries
+    assert runs["a"] != runs["c"]
+
+
+@pytest.mark.parametrize("dev, n_train, why", [(True, 20, "own dev split"), (False, 0, "no train split")])
+def test_dev_split_is_left_alone_when_the_source_has_one_or_no_train(tmp_path, dev, n_train, why):
+    src = make_train_beir(tmp_path / "src", n_train=n_train, dev=dev)
+    if not n_train:
+        (src / "qrels" / "train.tsv").unlink()
+    manifest = run(BeirArguments(path=str(src), out=str(tmp_path / "out"), dev_from_train=0.1, sentences=False))
+    assert why in manifest["dev_split"]["not_carved"]
+    assert Collection(tmp_path / "out").splits == sorted(p.stem for p in (src / "qrels").glob("*.tsv"))
+    if dev:
+        assert Collection(tmp_path / "out").qrels("dev") == {"q1": {"d2": 1}}
+
+
+@pytest.mark.parametrize("spec, message", [(20, "leaving none to train on"), (0, "fraction"), (2.5, "whole count")])
+def test_dev_split_refuses_impossible_sizes_and_writes_nothing(tmp_path, spec, message):
+    src = make_train_beir(tmp_path / "src")
+    with pytest.raises(DDROError, match=message):
+        run(BeirArguments(path=str(src), out=str(tmp_path / "out"), dev_from_train=spec, sentences=False))
+    assert not (tmp_path / "out").exists()

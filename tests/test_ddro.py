@@ -282,3 +282,28 @@ def test_cli_config_file_and_resume(t5_ckpt, tmp_path):
     assert any(not torch.equal(first[k], straight[k]) for k in straight)
     for k in straight:
         torch.testing.assert_close(resumed[k], straight[k], atol=1e-6, rtol=0)
+
+
+def test_cap_pairs_is_a_seeded_sample_in_file_order():
+    train, val = np.arange(300).reshape(100, 3), np.arange(30).reshape(10, 3)
+    a, a_val = ddro_train.cap_pairs(train, val, 20, seed=1)
+    b, _ = ddro_train.cap_pairs(train, val, 20, seed=1)
+    c, _ = ddro_train.cap_pairs(train, val, 20, seed=2)
+    assert len(a) == 20 and len(a_val) == 2  # validation cut in the same proportion
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert {tuple(r) for r in a} <= {tuple(r) for r in train} and list(a[:, 0]) == sorted(a[:, 0])
+    assert ddro_train.cap_pairs(train, val, 100, seed=1)[0] is train  # nothing to cut
+    with pytest.raises(DDROError, match="--max_pairs"):
+        ddro_train.cap_pairs(train, val, 0, seed=1)
+
+
+def test_max_pairs_bounds_the_reference_pass_and_is_recorded(t5_ckpt, tmp_path):
+    ckpt, table = t5_ckpt
+    negatives_folder(tmp_path / "neg", PAIRS, VAL)
+    args, targs = ddro_args(tmp_path, ckpt, table, max_steps=1, eval_strategy="no")
+    args.max_pairs = 4
+    counts = run(args, targs)["counts"]
+    assert (counts["train_pairs"], counts["train_pairs_available"]) == (4, len(PAIRS))
+    assert (counts["val_pairs"], counts["val_pairs_available"]) == (1, len(VAL))
+    assert counts["reference_items"] <= 2 * (4 + 1)  # only the kept pairs' (query, docid)s
+    assert read_manifest(tmp_path / "out", "ddro")["config"]["max_pairs"] == 4

@@ -264,3 +264,53 @@ def test_adi_pq_and_tu(tmp_path, shared_data, cache, minilm):
     assert tu.manifest["params"]["named_by"] == {"url": 0, "title": 82, "text": 0}
     first = next(collection.iter_docs())
     assert minilm.decode(tu.tokens[0][:-1]) == minilm.decode(minilm(first["title"].lower())["input_ids"][1:-1])
+
+
+# --- --pq-bits auto -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_docs", [2, 40, 82, 1400, 4095, 4096, 5183, 16316, 10**6])
+def test_auto_pq_bits_is_the_largest_the_collection_supports(n_docs):
+    from ddro.docids.pq import AUTO_MAX_BITS, AUTO_MIN_POINTS_PER_CENTROID, auto_pq_bits
+
+    bits, why = auto_pq_bits(n_docs)
+    assert 1 <= bits <= AUTO_MAX_BITS and (1 << bits) <= n_docs
+    if bits > 1:  # enough documents for every centroid ...
+        assert n_docs >= AUTO_MIN_POINTS_PER_CENTROID << bits
+    if bits < AUTO_MAX_BITS:  # ... and one bit more would leave too few
+        assert n_docs < AUTO_MIN_POINTS_PER_CENTROID << (bits + 1)
+    assert f"{n_docs} documents" in why and f"{bits} bits" in why
+
+
+def test_auto_pq_bits_refuses_a_single_document():
+    from ddro.docids.pq import auto_pq_bits
+
+    with pytest.raises(DDROError, match="too few"):
+        auto_pq_bits(1)
+
+
+def test_pq_bits_auto_builds_and_records_its_choice(tmp_path, cache):
+    """40 documents: 1 bit (20 a centroid; 4 centroids would leave 10 each): tokens, vocabulary and
+    codebook all follow the chosen bits."""
+    coll = make_collection(tmp_path / "c", make_docs(40, seed=3))
+    table = build(coll, tmp_path / "pq", cache, encoding="pq", target_vocab="own", pq_subspaces=4, pq_bits="auto")
+    params = table.manifest["params"]
+    assert (params["bits"], params["centroids"]) == (1, 2)
+    assert "40 documents" in params["bits_auto"] and table.manifest["config"]["pq_bits"] == "auto"
+    assert np.load(tmp_path / "pq" / "codebook.npy").shape[:2] == (4, 2)
+    assert all(3 + 2 * m <= t < 3 + 2 * (m + 1) for toks in table.tokens for m, t in enumerate(toks[:4]))
+    given = build(coll, tmp_path / "given", cache, encoding="pq", target_vocab="own", pq_subspaces=4, pq_bits=1)
+    assert given.tokens == table.tokens and "bits_auto" not in given.manifest["params"]
+
+
+@pytest.mark.parametrize("value, ok", [("auto", True), ("AUTO", True), ("3", True), ("eight", False)])
+def test_pq_bits_flag_takes_a_number_or_auto(value, ok, capsys):
+    from ddro.config import parse_args
+
+    if ok:
+        (args,) = parse_args([DocidArguments], ["--collection", "c", "--encoding", "pq", "--out", "o",
+                                                "--pq_bits", value])
+        assert args.pq_bits == ("auto" if value.lower() == "auto" else int(value))
+    else:
+        with pytest.raises(SystemExit):
+            parse_args([DocidArguments], ["--collection", "c", "--encoding", "pq", "--out", "o", "--pq_bits", value])
+        assert "eight" in capsys.readouterr().err

@@ -207,3 +207,24 @@ def test_real_bm25s_backend_end_to_end(tmp_path):
     for qid, pos, n in pairs:
         ranked = [d for d, _ in run_[qid]]
         assert n in ranked and n != pos
+
+
+def test_max_queries_mines_a_seeded_sample_and_records_it(tmp_path):
+    coll, train, index = make_collection(tmp_path)
+    kept = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        manifest = run(args_for(coll, tmp_path / name, max_queries=5, val_fraction=0.2, seed=seed), index=index)
+        neg = Negatives.load(tmp_path / name)
+        qids = {q for q, _, _ in neg.train + neg.val}
+        assert len(qids) == 5 and qids <= set(train)
+        assert len({q for q, _, _ in neg.val}) == 1  # the validation share is of the kept queries
+        assert manifest["counts"]["queries"] + manifest["counts"]["val_queries"] == 5
+        assert manifest["counts"]["queries_available"] == 12
+        assert manifest["params"]["max_queries"] == 5
+        kept[name] = qids
+    assert kept["a"] == kept["b"] and kept["a"] != kept["c"]
+    run(args_for(coll, tmp_path / "all", max_queries=50), index=index)  # a cap above the pool keeps it all
+    assert {q for q, _, _ in Negatives.load(tmp_path / "all").train + Negatives.load(tmp_path / "all").val} == \
+        set(train)
+    with pytest.raises(DDROError, match="--max_queries must be at least 1"):
+        run(args_for(coll, tmp_path / "zero", max_queries=0), index=index)

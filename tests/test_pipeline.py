@@ -127,3 +127,115 @@ def test_metrics_claim_only_the_runs_depth(pipeline_out):
     assert manifest["decoding"] == {"beams": 5, "ranking": "sum", "length_penalty": 0.0, "early_stopping": "never",
                                     "max_length": manifest["decoding"]["max_length"]}
     assert manifest["decoding"]["max_length"] >= 5          # PQ M = 4 (+ a dedup token) + the end edge
+
+
+# ----------------------------------------------------------------------------- checked before any stage runs
+
+def micro_preset(tmp_path, **sections) -> str:
+    import yaml
+
+    from conftest import MICRO
+
+    preset = {name: dict(values) for name, values in MICRO.items()}
+    for name, values in sections.items():
+        preset.setdefault(name, {}).update(values)
+    path = tmp_path / "preset.yaml"
+    path.write_text(yaml.safe_dump(preset))
+    return str(path)
+
+
+@pytest.mark.parametrize("section, values, says", [
+    ("ddro", {"bta": 0.4}, "section 'ddro': unknown key 'bta'"),
+    ("negatives", {"max_queries": "many"}, "section 'negatives': key 'max_queries'"),
+    ("eval", {"beams": [1, 2]}, "section 'eval': key 'beams' takes a single value"),
+    ("collection", {"dev_from_train": "some"}, "section 'collection': key 'dev_from_train'"),
+    ("sft", {"eval_strategy": "sometimes"}, "section 'sft'"),
+])
+def test_a_bad_preset_section_fails_before_the_first_stage(section, values, says, shared_data, tmp_path, capsys):
+    from ddro.cli import main as cli_main
+
+    out = tmp_path / "out"  # an earlier run's output, which must stay as it is
+    (out / "collection").mkdir(parents=True)
+    (out / "pipeline.json").write_text('{"collection": {}}')
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pipeline", "--collection", str(shared_data / "adi"), "--output", str(out),
+                  "--preset", micro_preset(tmp_path, **{section: values})])
+    err = capsys.readouterr().err
+    lines = [x for x in err.splitlines() if x.startswith("error")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert says in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["collection", "pipeline.json"]  # no stage ran
+    assert (out / "pipeline.json").read_text() == '{"collection": {}}' and not any((out / "collection").iterdir())
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_packaged_presets_pass_every_stage_parser(name, tmp_path):
+    from ddro.pipeline import PipelineArguments, check_stage_arguments, load_preset
+
+    args = PipelineArguments(collection=str(tmp_path), output=str(tmp_path / "out"), preset=name)
+    check_stage_arguments(tmp_path / "out", args, load_preset(name))  # raises on any bad key or value
+
+
+@pytest.mark.parametrize("collection", ["/no/such/folder", "./missing", "~/no-such-collection", "data/missing"])
+def test_a_missing_collection_folder_is_named_as_such(collection, tmp_path, capsys):
+    from ddro.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pipeline", "--collection", collection, "--output", str(tmp_path / "out"),
+                  "--collections_dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"--collection {collection}: no such folder" in err and "BEIR" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- a dev split
+
+def beir_with_train(folder):
+    """A small collection with test and train queries but no dev split."""
+    import json
+
+    words = "protein cell gene mouse brain cancer virus drug dose trial heart blood liver lung immune".split()
+    folder.mkdir()
+    with open(folder / "corpus.jsonl", "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"_id": f"d{i}", "title": words[i % 15],
+                                "text": " ".join(words[(i * k) % 15] for k in range(1, 12))}) + "\n")
+    with open(folder / "queries.jsonl", "w") as f:
+        for j in range(30):
+            f.write(json.dumps({"_id": f"q{j}", "text": f"{words[j % 15]} {words[(j * 7) % 15]}"}) + "\n")
+    (folder / "qrels").mkdir()
+    header = "query-id\tcorpus-id\tscore\n"
+    (folder / "qrels" / "test.tsv").write_text(header + "".join(f"q{j}\td{j}\t1\n" for j in range(5)))
+    (folder / "qrels" / "train.tsv").write_text(header + "".join(f"q{j}\td{j}\t1\n" for j in range(5, 30)))
+    return folder
+
+
+def test_split_dev_is_carved_from_train_and_reaches_the_eval_files(tmp_path):
+    import json
+
+    from ddro.pipeline import PipelineArguments
+
+    src = beir_with_train(tmp_path / "src")
+    preset = micro_preset(tmp_path, collection={"dev_from_train": 0.2, "seed": 3, "sentences": False})
+    args = PipelineArguments(collection=str(src), output=str(tmp_path / "out"), preset=preset, split="dev",
+                             stop_after="instances")
+    out = run_pipeline(args)
+    dev = set(Collection(out / "collection").qrels("dev"))
+    assert len(dev) == 5 and not dev & set(Collection(out / "collection").qrels("train"))
+    evaluated = {json.loads(line)["query_id"] for line in (out / "instances" / "eval" / "dev.jsonl").open()}
+    assert evaluated == dev
+    # stage 3 trains on the 20 train queries left (one judgement each), never on a dev query
+    assert json.loads((out / "instances" / "manifest.json").read_text())["counts"]["stage3"] == {"query": 20}
+
+
+def test_split_missing_from_the_collection_fails_before_training(shared_data, tmp_path):
+    from ddro.errors import DDROError
+    from ddro.pipeline import PipelineArguments
+
+    args = PipelineArguments(collection=str(shared_data / "adi"), output=str(tmp_path / "out"),
+                             preset=micro_preset(tmp_path), split="dev")
+    with pytest.raises(DDROError, match="no such split .*dev_from_train"):
+        run_pipeline(args)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["collection", "configs"]
+    assert not (tmp_path / "out" / "configs" / "docids.json").exists()  # no stage after the collection ran

@@ -109,11 +109,56 @@ def build_parser(types: Sequence[type], prog: str | None, description: str | Non
     return parser
 
 
+class ArgumentsChecked(Exception):
+    """Raised by `parse_args` under `check_arguments` once the arguments parsed: the stage stops there."""
+
+    def __init__(self, parsed: tuple):
+        super().__init__("arguments checked")
+        self.parsed = parsed
+
+
+_CHECKING: list[tuple[dict, str]] = []  # (config, source) while `check_arguments` runs
+
+
+def check_arguments(main: Callable, config: dict[str, Any], source: str) -> tuple:
+    """Parse `config` with the very parser of the stage entry point `main`, without running the stage.
+
+    Unknown keys, wrong types and missing required arguments raise a one-line DDROError naming
+    `source` (e.g. a preset's section); returns the parsed dataclasses.
+    """
+    _CHECKING.append((config, source))
+    try:
+        getattr(main, "__wrapped__", main)([])  # the stage's main itself, not its error-printing wrapper
+    except ArgumentsChecked as done:
+        return done.parsed
+    finally:
+        _CHECKING.pop()
+    raise DDROError(f"{source}: its entry point ran without parsing its arguments with parse_args")
+
+
+def _parse_checked(parser, types: Sequence[type]) -> None:
+    config, source = _CHECKING[-1]
+
+    def exit_(status: int = 0, message: str | None = None):  # `_check_value`'s messages name the source
+        raise DDROError((message or f"{source}: invalid arguments").strip().removeprefix("error: "))
+
+    def error(message: str):  # argparse's own, e.g. a required argument missing
+        raise DDROError(f"{source}: {message}")
+    parser.exit, parser.error = exit_, error
+    try:
+        parsed = parser.parse_args_into_dataclasses(_as_flags(config, parser, source), return_remaining_strings=True)
+    except ValueError as e:  # a dataclass's own checks (TrainingArguments.__post_init__)
+        raise DDROError(f"{source}: {' '.join(str(e).split())}") from None
+    raise ArgumentsChecked(tuple(parsed[:len(types)]))
+
+
 def parse_args(types: Sequence[type], argv: Sequence[str] | None = None, *,
                prog: str | None = None, description: str | None = None) -> tuple:
     """Parse `argv` (default: sys.argv[1:]) into instances of the dataclasses `types`."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(types, prog, description)
+    if _CHECKING:
+        _parse_checked(parser, types)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
@@ -175,4 +220,5 @@ def entry_point(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequen
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
     wrapped.__doc__ = main.__doc__
+    wrapped.__wrapped__ = main
     return wrapped

@@ -13,8 +13,11 @@ the manifest (`queries_short`) and logged. Sampling uses one random stream per q
 (seed + a stable hash of the query id), so the output does not depend on query order.
 
 Only the train split is mined: test and dev queries must never be used for training.
-A seeded fraction of the training queries (`--val-fraction`) is held out as
-`val_pairs.tsv` for the trainer's validation.
+`--max_queries N` keeps a seeded sample of N training queries (collection order) before
+anything is mined, so the BM25 searches and the phase-2 pairs stay bounded however large the
+collection or its pseudo-query set (the manifest records how many were available). A
+seeded fraction of the kept queries (`--val-fraction`) is held out as `val_pairs.tsv` for
+the trainer's validation.
 
 `--queries pseudo --pseudo-queries DIR` (goes beyond the paper, for collections without
 training queries): every pseudo-query from `ddro pseudo-queries` becomes a training query
@@ -81,6 +84,9 @@ class NegativesArguments:
     k1: float = field(default=0.82, metadata={"help": "BM25 k1 (paper, train queries: 0.82)"})
     b: float = field(default=0.68, metadata={"help": "BM25 b (paper, train queries: 0.68)"})
     threads: int = field(default=0, metadata={"help": "BM25 search threads (0: every core)"})
+    max_queries: Optional[int] = field(default=None, metadata={
+        "help": "mine at most N training queries, a seeded sample (bounds phase 2's work on any collection); "
+                "unset: all"})
     val_fraction: float = field(default=0.05, metadata={
         "help": "share of the training queries held out for validation (val_pairs.tsv)"})
     seed: int = field(default=42, metadata={"help": "random seed (negative sampling, validation split)"})
@@ -136,6 +142,20 @@ def validation_queries(qids: list[str], fraction: float, seed: int) -> set[str]:
         raise DDROError(f"--val-fraction {fraction} leaves no training query out of {len(qids)}")
     rng = np.random.default_rng(stable_seed(seed, "validation split"))
     return {qids[i] for i in rng.choice(len(qids), n_val, replace=False)}
+
+
+def sample_queries(queries: dict[str, str], positives: dict[str, set[str]], max_queries: int | None,
+                   seed: int) -> tuple[dict[str, str], dict[str, set[str]]]:
+    """At most `max_queries` of the queries, a seeded sample kept in their original order."""
+    if max_queries is not None and max_queries < 1:
+        raise DDROError(f"--max_queries must be at least 1, got {max_queries}")
+    if max_queries is None or len(queries) <= max_queries:
+        return queries, positives
+    qids = list(queries)
+    rng = np.random.default_rng(stable_seed(seed, "max queries"))
+    kept = [qids[i] for i in np.sort(rng.choice(len(qids), max_queries, replace=False))]
+    log.info("mining %d of %d training queries (--max_queries, seed %d)", max_queries, len(qids), seed)
+    return {q: queries[q] for q in kept}, {q: positives[q] for q in kept}
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -267,6 +287,8 @@ def run(args: NegativesArguments, index=None) -> dict:
         raise DDROError(f"--queries must be one of {', '.join(QUERY_SOURCES)}, got {args.queries!r}")
     if not queries:
         raise DDROError("no training query with a positive document")
+    available = len(queries)
+    queries, positives = sample_queries(queries, positives, args.max_queries, args.seed)
     val = validation_queries(list(queries), args.val_fraction, args.seed)
     journal = Journal(partial_dir(out), journal_identity(args, collection), args.overwrite)
     if index is None:
@@ -290,12 +312,12 @@ def run(args: NegativesArguments, index=None) -> dict:
                 queries_f.write(chunk["queries"])
         coll_hash = manifest_hash_or_none(collection.path)
         manifest = write_manifest(
-            tmp, KIND, counts=counts, config=as_dict(args),
+            tmp, KIND, counts={**counts, "queries_available": available}, config=as_dict(args),
             inputs={"collection": coll_hash,
                     "pseudo_queries": manifest_hash(args.pseudo_queries) if args.queries == "pseudo" else None},
             params={"bands": [list(b) for b in bands], "quotas": quotas, "k": k, "backend": args.backend,
                     "k1": args.k1, "b": args.b, "seed": args.seed, "queries": args.queries,
-                    "split": args.split, "val_fraction": args.val_fraction},
+                    "split": args.split, "val_fraction": args.val_fraction, "max_queries": args.max_queries},
             short_examples=short_examples)
     journal.discard()
     log.info("negatives written to %s: %s", out, counts)

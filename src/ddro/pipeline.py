@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import importlib.resources
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +78,21 @@ class Stage:
 
 
 def _collection_source(args: PipelineArguments) -> dict:
-    src, named = Path(args.collection), Path(args.collections_dir) / args.collection
+    src, named = Path(args.collection).expanduser(), Path(args.collections_dir) / args.collection
     if src.is_dir():
         return {"path": str(src)}
     if named.is_dir():
         return {"path": str(named)}
     return {"name": args.collection}
+
+
+def check_collection(args: PipelineArguments) -> None:
+    """A --collection meant as a folder (a path separator, or a leading '.' or '~') must be one: say
+    so, rather than that it is no valid BEIR dataset name."""
+    name = args.collection
+    if "name" in _collection_source(args) and ("/" in name or os.sep in name or name.startswith((".", "~"))):
+        raise DDROError(f"--collection {name}: " + ("not a folder" if Path(name).expanduser().exists()
+                                                    else "no such folder"))
 
 
 def _has_train(out: Path) -> bool:
@@ -159,6 +169,28 @@ def check_preset_paths(preset: dict, out: Path, args: "PipelineArguments", name:
                     if inside != out.resolve() and out.resolve() not in inside.parents:
                         raise DDROError(f"preset {name}: section '{section}' key '{key}' ({value}) points "
                                         f"outside the output folder {out}")
+
+
+def check_stage_arguments(out: Path, args: "PipelineArguments", preset: dict) -> None:
+    """Parse every stage's config with its own entry point's parser before the first stage runs,
+    so that an unknown key or a wrong type in a late section fails now, not minutes later."""
+    from .config import check_arguments
+
+    for stage in STAGES:
+        section = "eval" if stage.name.startswith("eval_") else stage.name
+        check_arguments(importlib.import_module(stage.module).main, stage_config(out, args, preset, stage),
+                        f"preset {args.preset}, section '{section}'")
+
+
+def check_split(out: Path, split: str) -> None:
+    """The evaluated split must exist: checked once the collection is in, before any training."""
+    from .data.collection import Collection
+
+    splits = Collection(out / "collection").splits
+    if split not in splits:
+        raise DDROError(f"--split {split}: the collection has no such split (splits: {', '.join(splits)}); a "
+                        "collection with train queries but no dev split gets one with the preset's "
+                        "`collection: {dev_from_train: ...}`")
 
 
 def stage_config(out: Path, args: PipelineArguments, preset: dict, stage: Stage) -> dict:
@@ -255,10 +287,14 @@ def run_pipeline(args: PipelineArguments) -> Path:
         raise DDROError(f"--stop_after: unknown stage {args.stop_after!r}")
     out = Path(args.output)
     check_preset_paths(preset, out, args, args.preset)
+    check_collection(args)
+    check_stage_arguments(out, args, preset)
     out.mkdir(parents=True, exist_ok=True)
     state = read_json(out / STATE) if (out / STATE).is_file() else {}
     for stage in STAGES:
         run_stage(out, stage, stage_config(out, args, preset, stage), state)
+        if stage.name == "collection":
+            check_split(out, args.split)
         if stage.name == args.stop_after:
             break
     results = write_results(out, args.split)

@@ -2,6 +2,12 @@
 
 The source is validated line by line (see `collection.py` for the rules), text fields
 have their white space collapsed, and the result is written atomically with a manifest.
+
+`--dev_from_train N` (a fraction < 1 or a count) carves a dev split out of a source that has
+train queries but no dev split: a seeded sample of the train queries moves, with all their
+judgements, from qrels/train.tsv to qrels/dev.tsv, so settings can be chosen on dev without
+touching test and training never sees a dev query. The manifest's `dev_split` records what
+was done (carved: how many, fraction, seed; or why not).
 """
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
 
 from ..config import as_dict, entry_point, parse_args
 from ..errors import DDROError
@@ -34,6 +42,10 @@ class BeirArguments:
                 "false: such a document is an error"})
     skip_unknown_qrels: bool = field(default=False, metadata={
         "help": "drop (and count) qrels naming unknown queries/documents instead of failing"})
+    dev_from_train: Optional[float] = field(default=None, metadata={
+        "help": "when the source has a train split but no dev split: move this many train queries (a count, "
+                "or a fraction if < 1) to a new dev split, a seeded sample; unset: keep the source's splits"})
+    seed: int = field(default=42, metadata={"help": "seed of the --dev_from_train sample"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
 
 
@@ -56,6 +68,37 @@ def normalise(doc: dict) -> dict:
     return out
 
 
+def dev_count(spec: float, n_train: int) -> int:
+    """--dev_from_train as a number of queries: a fraction (< 1) of n_train, rounded, or a count."""
+    if spec <= 0 or (spec >= 1 and not float(spec).is_integer()):
+        raise DDROError(f"--dev_from_train must be a fraction in (0, 1) or a whole count >= 1, got {spec}")
+    n = max(1, round(spec * n_train)) if spec < 1 else int(spec)
+    if n >= n_train:
+        raise DDROError(f"--dev_from_train {spec} would move {n} of the {n_train} train queries to dev, "
+                        "leaving none to train on")
+    return n
+
+
+def carve_dev(qrels: dict, spec: float | None, seed: int) -> dict:
+    """Move a seeded sample of the train queries to a new dev split (in place); returns the record."""
+    if spec is None:
+        return {"source": "dev" if "dev" in qrels else "none"}
+    if "dev" in qrels or "train" not in qrels:
+        why = "the source has its own dev split" if "dev" in qrels else "the source has no train split"
+        log.info("--dev_from_train ignored: %s", why)
+        return {"source": "dev" if "dev" in qrels else "none", "dev_from_train": spec, "not_carved": why}
+    train = qrels["train"]
+    qids = sorted(train)
+    n = dev_count(spec, len(qids))
+    rng = np.random.default_rng(seed)
+    dev = {qids[i] for i in rng.choice(len(qids), n, replace=False)}
+    qrels["dev"] = {q: train[q] for q in qids if q in dev}
+    qrels["train"] = {q: train[q] for q in qids if q not in dev}
+    log.info("dev split: %d of %d train queries (seed %d)", n, len(qids), seed)
+    return {"source": "carved from train", "dev_from_train": spec, "seed": seed, "queries": n,
+            "train_queries_before": len(qids), "fraction": round(n / len(qids), 6)}
+
+
 def run(args: BeirArguments) -> dict:
     if bool(args.path) == bool(args.name):
         raise DDROError("give exactly one of --path (a local folder) or --name (a BEIR dataset)")
@@ -72,6 +115,7 @@ def run(args: BeirArguments) -> dict:
             path, doc_ids, set(queries), args.skip_unknown_qrels, dropped_docs=set(empty or ()))
     if not qrels:
         raise DDROError(f"{src}: no qrels/<split>.tsv files")
+    dev_split = carve_dev(qrels, args.dev_from_train, args.seed)
     warnings = {f"qrels_skipped.{s}": n for s, n in skipped.items() if n}
     if empty:
         warnings["empty_documents_skipped"] = len(empty)
@@ -81,7 +125,7 @@ def run(args: BeirArguments) -> dict:
         manifest = write_collection(
             tmp, (normalise(d) for d in iter_corpus(src / CORPUS, [])), queries, qrels,
             source=f"beir:{args.name}" if args.name else f"beir:{src.name}", total_docs=len(doc_ids),
-            warnings=warnings, config=as_dict(args), sentences=args.sentences)
+            warnings=warnings, config=as_dict(args), sentences=args.sentences, dev_split=dev_split)
     log.info("collection written to %s", args.out)
     return manifest
 

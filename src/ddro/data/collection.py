@@ -225,12 +225,13 @@ class Collection:
 def write_collection(folder: Path, docs: Iterable[dict], queries: dict[str, str],
                      qrels: dict[str, Qrels], *, source: str, total_docs: int | None = None,
                      warnings: dict[str, int] | None = None, config: dict | None = None,
-                     sentences: bool = False) -> dict:
+                     sentences: bool = False, **extra) -> dict:
     """Write a collection in canonical form into `folder` (normally a temporary one).
 
     `docs` may be a stream (MS MARCO is 22 GB); it is written in the order given.
     Queries are written in the order given; qrels per split sorted by query then
-    document id so that a rebuild is byte-identical. Returns the manifest.
+    document id so that a rebuild is byte-identical. `extra` goes into the manifest as is.
+    Returns the manifest.
     """
     if sentences:
         from .sentences import split_sentences
@@ -255,4 +256,4 @@ def write_collection(folder: Path, docs: Iterable[dict], queries: dict[str, str]
         counts["qrels_queries"][split] = len(judged)
     log.info("wrote %s: %d docs, %d queries, qrels %s", folder, n_docs, len(queries), counts["qrels"])
     return write_manifest(folder, "collection", counts=counts, config=config, source=source,
-                          warnings=warnings or {}, sentences=sentences)
+                          warnings=warnings or {}, sentences=sentences, **extra)

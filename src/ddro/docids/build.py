@@ -29,6 +29,7 @@ from ..io import atomic_dir, check_output
 from ..manifest import manifest_hash, write_manifest
 from ..tokenizer import OFFLINE_MINILM, load_tokenizer, tokenizer_identity
 from .atomic import atomic_tokens
+from .pq import AUTO_MAX_BITS, AUTO_MIN_POINTS_PER_CENTROID, int_or_auto
 from .table import ENCODINGS, DocidTable
 from .tu import eos_id
 
@@ -59,8 +60,10 @@ class DocidArguments:
     seed: int = field(default=42, metadata={"help": "seed of the PQ k-means"})
     pq_subspaces: int = field(default=24, metadata={"help": "PQ: number of sub-spaces M (docid length); "
                                                             "must divide the embedding dimension"})
-    pq_bits: int = field(default=8, metadata={"help": "PQ: bits per code; K = 2^bits centroids per sub-space "
-                                                      "(needs at least K documents)"})
+    pq_bits: int_or_auto = field(default=8, metadata={
+        "help": "PQ: bits per code; K = 2^bits centroids per sub-space (needs at least K documents); auto: the "
+                f"largest bits <= {AUTO_MAX_BITS} leaving >= {AUTO_MIN_POINTS_PER_CENTROID} documents per centroid "
+                "(what was chosen and why is in the manifest)"})
     embedder: str = field(default=OFFLINE_MINILM, metadata={
         "help": "PQ: sentence-transformers model (folder, hub name, or offline:minilm; the paper "
                 "uses sentence-transformers/gtr-t5-base)"})
@@ -124,20 +127,23 @@ def resolve_target(args: DocidArguments) -> Target:
 
 def build_pq(args: DocidArguments, collection: Collection, target: Target, n_docs: int):
     from .embed import embed_collection
-    from .pq import check_pq, dedup_pq, pq_codes, pq_tokens
+    from .pq import check_pq, dedup_pq, pq_codes, pq_tokens, resolve_pq_bits
 
-    check_pq(n_docs, None, args.pq_subspaces, args.pq_bits)
+    bits, why = resolve_pq_bits(args.pq_bits, n_docs)
+    check_pq(n_docs, None, args.pq_subspaces, bits)
     vectors, embedding = embed_collection(
         collection, args.embedder, args.embed_fields, args.embed_cache, max_length=args.embed_max_length,
         batch_size=args.embed_batch_size, device=args.device,
-        check_dim=lambda dim: check_pq(n_docs, dim, args.pq_subspaces, args.pq_bits))
-    log.info("PQ: training %d sub-spaces x %d centroids on %d documents", args.pq_subspaces,
-             1 << args.pq_bits, n_docs)
-    codes, centroids = pq_codes(vectors, args.pq_subspaces, args.pq_bits, args.seed)
-    tokens = pq_tokens(codes, target.vocab_offset, args.pq_bits)
-    n_new = args.pq_subspaces << args.pq_bits
-    params = {"subspaces": args.pq_subspaces, "bits": args.pq_bits, "centroids": 1 << args.pq_bits,
+        check_dim=lambda dim: check_pq(n_docs, dim, args.pq_subspaces, bits))
+    log.info("PQ: training %d sub-spaces x %d centroids on %d documents%s", args.pq_subspaces, 1 << bits, n_docs,
+             f" (--pq-bits auto: {why})" if args.pq_bits == "auto" else "")
+    codes, centroids = pq_codes(vectors, args.pq_subspaces, bits, args.seed)
+    tokens = pq_tokens(codes, target.vocab_offset, bits)
+    n_new = args.pq_subspaces << bits
+    params = {"subspaces": args.pq_subspaces, "bits": bits, "centroids": 1 << bits,
               "seed": args.seed, "embedding": embedding}
+    if args.pq_bits == "auto":
+        params["bits_auto"] = why
     params["codebook"] = CODEBOOK
     return tokens, n_new, params, lambda toks: dedup_pq(toks, target.vocab_offset + n_new), {CODEBOOK: centroids}
 

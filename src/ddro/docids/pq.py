@@ -16,6 +16,45 @@ from ..errors import DDROError
 log = logging.getLogger(__name__)
 
 MIN_POINTS_PER_CENTROID = 39  # faiss's own advice for a well-trained k-means
+# --pq-bits auto: at most 2^8 centroids (one byte a code, the paper's), and at least this many
+# documents per centroid. Looser than faiss's 39: docids need distinct codes more than finely
+# trained centroids, and SciFact's 20 documents a centroid at 8 bits trained its measured models.
+AUTO_MAX_BITS = 8
+AUTO_MIN_POINTS_PER_CENTROID = 16
+
+
+class int_or_auto:  # noqa: N801 -- named like `int`: argparse names the type in its error message
+    """An argument type: a whole number, or the word 'auto'."""
+
+    def __new__(cls, value):
+        if str(value).strip().lower() == "auto":
+            return "auto"
+        return int(value)
+
+
+def auto_pq_bits(n_docs: int) -> tuple[int, str]:
+    """The largest bits <= AUTO_MAX_BITS giving every centroid AUTO_MIN_POINTS_PER_CENTROID documents
+    (at least 1 bit, and never more centroids than documents); returns (bits, why)."""
+    bits = AUTO_MAX_BITS
+    while bits > 1 and n_docs < AUTO_MIN_POINTS_PER_CENTROID << bits:
+        bits -= 1
+    if n_docs < 1 << bits:
+        raise DDROError(f"--pq-bits auto: {n_docs} documents are too few for PQ docids (2 needed)")
+    k = 1 << bits
+    faiss_met = "met" if n_docs >= MIN_POINTS_PER_CENTROID * k else "not met"
+    why = (f"{n_docs} documents: {n_docs / k:.1f} per centroid at {bits} bits ({k} centroids); auto takes the "
+           f"largest bits <= {AUTO_MAX_BITS} with >= {AUTO_MIN_POINTS_PER_CENTROID} documents per centroid "
+           f"(faiss advises >= {MIN_POINTS_PER_CENTROID}: {faiss_met})")
+    return bits, why
+
+
+def resolve_pq_bits(requested: int | str, n_docs: int) -> tuple[int, str]:
+    """--pq-bits as a number: `auto` chosen from the collection size, a number taken as given."""
+    if requested == "auto":
+        return auto_pq_bits(n_docs)
+    if isinstance(requested, str):
+        raise DDROError(f"--pq-bits must be a number of bits or 'auto', got {requested!r}")
+    return requested, "given"
 
 
 def check_pq(n_docs: int, dim: int | None, subspaces: int, nbits: int) -> None:
@@ -27,7 +66,8 @@ def check_pq(n_docs: int, dim: int | None, subspaces: int, nbits: int) -> None:
     k = 1 << nbits
     if n_docs < k:
         raise DDROError(f"--pq-bits {nbits} asks for {k} centroids per sub-space but the collection "
-                        f"has only {n_docs} documents; use --pq-bits <= {max(n_docs.bit_length() - 1, 0)}")
+                        f"has only {n_docs} documents; use --pq-bits <= {max(n_docs.bit_length() - 1, 0)} "
+                        "or --pq-bits auto")
     if dim is not None and dim % subspaces:
         divisors = [m for m in range(1, dim + 1) if dim % m == 0 and m <= 64]
         raise DDROError(f"--pq-subspaces {subspaces} does not divide the embedding dimension {dim} "

@@ -14,7 +14,9 @@ reference pass runs at the training precision (bf16/fp16 autocast, part of the c
 key). Queries are encoded like the SFT instances (`ddro instances`: lowercasing, the
 tokenizer's special tokens, at most `query_max_length` tokens); pairs whose two
 documents share a docid (PQ collisions) carry no signal and are dropped (counted in the
-manifest).
+manifest). `--max_pairs N` trains on a seeded sample of N pairs (validation pairs cut in the
+same proportion), so that the reference pass and the epochs stay bounded whatever the
+number of pairs mined; the manifest records the pairs available and kept.
 
 Built on `transformers.Trainer` (optimiser, schedule, clipping, mixed precision, DDP,
 checkpoints and resume): `DDROTrainer` overrides `compute_loss` and logs the implicit
@@ -72,6 +74,9 @@ class DDROArguments:
         "help": "query tokens (special tokens included); must match `ddro instances --query_max_length`"})
     lowercase: bool = field(default=True, metadata={
         "help": "lowercase queries; must match `ddro instances --lowercase`"})
+    max_pairs: Optional[int] = field(default=None, metadata={
+        "help": "train on at most N pairs, a seeded sample (--seed); validation pairs are cut in the same "
+                "proportion; unset: all"})
     ref_batch_size: int = field(default=256, metadata={"help": "(query, docid) rows per reference batch"})
     ref_cache_dir: Optional[str] = field(default=None, metadata={
         "help": "where reference log-probabilities are cached (default: <output_dir's parent>/ref_cache)"})
@@ -177,6 +182,21 @@ class PairCollator:
                 "rejected_labels": pad([f["rejected"] for f in features], IGNORE),
                 "ref_chosen": torch.tensor([f["ref_chosen"] for f in features], dtype=torch.float32),
                 "ref_rejected": torch.tensor([f["ref_rejected"] for f in features], dtype=torch.float32)}
+
+
+def cap_pairs(train: np.ndarray, val: np.ndarray, max_pairs: int | None,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most `max_pairs` training rows, a seeded sample in file order; validation cut alike."""
+    if max_pairs is not None and max_pairs < 1:
+        raise DDROError(f"--max_pairs must be at least 1, got {max_pairs}")
+    if max_pairs is None or len(train) <= max_pairs:
+        return train, val
+    rng = np.random.default_rng([seed, max_pairs])
+    n_val = min(len(val), -(-len(val) * max_pairs // len(train)))  # rounded up: a validation set stays
+    log.info("training on %d of %d pairs (--max_pairs), %d of %d validation pairs", max_pairs, len(train),
+             n_val, len(val))
+    return (train[np.sort(rng.choice(len(train), max_pairs, replace=False))],
+            val[np.sort(rng.choice(len(val), n_val, replace=False))])
 
 
 # ----------------------------------------------------------------------------- model helpers
@@ -372,6 +392,8 @@ def prepare(args: DDROArguments, targs: TrainingArguments, model, tokenizer, tab
         log.warning("dropped %d pairs whose positive and negative share a docid", dropped_train + dropped_val)
     if not len(train):
         raise DDROError(f"{negatives.path}: no training pair left")
+    available = {"train_pairs_available": len(train), "val_pairs_available": len(val)}
+    train, val = cap_pairs(train, val, args.max_pairs, targs.seed)
     # Every (query, docid) the pairs need, once, grouped by query.
     all_rows = np.concatenate([train, val])
     items = np.unique(np.concatenate([all_rows[:, [0, 1]], all_rows[:, [0, 2]]]), axis=0)
@@ -380,6 +402,8 @@ def prepare(args: DDROArguments, targs: TrainingArguments, model, tokenizer, tab
     key_parts = {"version": CACHE_VERSION, "checkpoint": checkpoint_identity(checkpoint),
                  "negatives": manifest_hash(negatives.path), "docids": manifest_hash(table.path),
                  "query_max_length": args.query_max_length, "lowercase": args.lowercase, "precision": precision}
+    if len(train) < available["train_pairs_available"]:  # a sample: its own cache file, not another's
+        key_parts["sample"] = {"max_pairs": args.max_pairs, "seed": targs.seed}
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     # DDP: rank 0 computes (once, even over several nodes), the others then read the cache file
     with targs.main_process_first(local=False, desc="reference log-probs"):
@@ -395,7 +419,7 @@ def prepare(args: DDROArguments, targs: TrainingArguments, model, tokenizer, tab
         data = PairData(query_ids, table.tokens, rows[:, 0], rows[:, 1], rows[:, 2])
         return PairDataset(data, ref_of(rows[:, 0], rows[:, 1]), ref_of(rows[:, 0], rows[:, 2]))
 
-    counts = {"train_pairs": len(train), "val_pairs": len(val), "queries": len(qids),
+    counts = {"train_pairs": len(train), "val_pairs": len(val), **available, "queries": len(qids),
               "dropped_same_docid": dropped_train + dropped_val, "reference_items": len(items)}
     info = {"counts": counts, "checkpoint": key_parts["checkpoint"],
             "ref_cache": {"key": reference_cache_key(key_parts), "reused": reused}}
