@@ -39,8 +39,9 @@ class DenseArguments:
         "help": "sentence-transformers encoder of documents and queries (folder, hub name, or offline:minilm)"})
     embed_fields: list[str] = field(default_factory=lambda: ["title", "text"], metadata={
         "help": "document fields embedded, joined by a space"})
-    embed_max_length: Optional[int] = field(default=128, metadata={
-        "help": "max tokens read per document (the presets' docids embed_max_length); unset: the model's own"})
+    embed_max_length: int = field(default=128, metadata={
+        "help": "max tokens read per document (the presets' docids embed_max_length); 0: the model's own, "
+                "as `ddro docids` reads with its embed_max_length unset"})
     query_max_length: int = field(default=64, metadata={"help": "max tokens read per query"})
     embed_batch_size: int = field(default=64, metadata={"help": "documents or queries per encoding batch"})
     embed_cache: str = field(default="resources/cache/embeddings", metadata={
@@ -72,8 +73,8 @@ def search(doc_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tuple[
 def check_args(args: DenseArguments) -> None:
     if args.k < 1:
         raise DDROError(f"--k must be at least 1, got {args.k}")
-    if args.query_max_length < 1 or (args.embed_max_length is not None and args.embed_max_length < 1):
-        raise DDROError("--query_max_length and --embed_max_length must be at least 1")
+    if args.query_max_length < 1 or args.embed_max_length < 0:
+        raise DDROError("--query_max_length must be at least 1 and --embed_max_length at least 0")
     if not args.tag or any(c.isspace() for c in args.tag):
         raise DDROError(f"--tag {args.tag!r} must be one word")
 
@@ -91,7 +92,7 @@ def run(args: DenseArguments) -> dict:
     all_queries = collection.queries()
     qids = sorted(qrels)  # read_qrels has checked every id is known
     doc_vectors, embedding = embed_collection(
-        collection, args.embedder, args.embed_fields, args.embed_cache, max_length=args.embed_max_length,
+        collection, args.embedder, args.embed_fields, args.embed_cache, max_length=args.embed_max_length or None,
         batch_size=args.embed_batch_size, device=args.device)
     query_vectors = encode_queries([all_queries[q] for q in qids], args)
     scores, rows = search(doc_vectors, query_vectors, args.k)
