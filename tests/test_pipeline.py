@@ -14,10 +14,10 @@ ROW = re.compile(r"^\| (\w+) \|")
 
 def test_pipeline_writes_runs_and_results(pipeline_out):
     _, out = pipeline_out
-    for system in ("bm25", "sft", "ddro"):
+    for system in ("bm25", "dense", "sft", "ddro"):
         assert (out / "runs" / f"{system}.test.run").is_file()
     rows = [m.group(1) for line in (out / "results.md").read_text().splitlines() if (m := ROW.match(line))]
-    assert {"bm25", "sft", "ddro"} <= set(rows)
+    assert {"bm25", "dense", "sft", "ddro"} <= set(rows)
     assert "paired t-test" in (out / "results.md").read_text()
 
 
@@ -29,7 +29,7 @@ def test_results_agree_with_ir_measures_on_the_run_files(pipeline_out):
     qrels = Collection(out / "collection").qrels("test")
     judged = {q: {d: s for d, s in docs.items() if s >= 1} for q, docs in qrels.items()}
     judged = {q: d for q, d in judged.items() if d}
-    for system, folder in (("bm25", "bm25"), ("sft", "eval/sft"), ("ddro", "eval/ddro")):
+    for system, folder in (("bm25", "bm25"), ("dense", "dense"), ("sft", "eval/sft"), ("ddro", "eval/ddro")):
         run = {}
         for line in (out / "runs" / f"{system}.test.run").read_text().splitlines():
             qid, _, doc, rank, score, _ = line.split()
@@ -47,7 +47,18 @@ def test_rerun_skips_every_finished_stage(pipeline_out, caplog):
     with caplog.at_level("INFO"):
         run_pipeline(args)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")} == before
-    assert caplog.text.count("up to date, skipping") == 10
+    assert caplog.text.count("up to date, skipping") == 11
+
+
+def test_dense_stage_reads_the_embeddings_the_docids_cached(pipeline_out):
+    """The dense stage takes over the docids section's embedding settings: same cache entry."""
+    import json
+
+    _, out = pipeline_out
+    docids = json.loads((out / "docids" / "manifest.json").read_text())
+    dense = json.loads((out / "dense" / "manifest.json").read_text())
+    assert dense["embedding"]["cache_key"] == docids["params"]["embedding"]["cache_key"]
+    assert dense["config"]["embed_max_length"] == 64  # the micro preset's docids setting, not dense's default
 
 
 def test_collection_without_train_split_trains_ddro_on_pseudo_queries(pipeline_out):

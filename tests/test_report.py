@@ -73,7 +73,7 @@ def test_table_numbers_are_ir_measures_on_the_run_files(report, pipeline_out):
     out = pipeline_out[1]
     judged = judged_test_queries(out)
     rows = table_rows((dest / "report.md").read_text())
-    for system, name in (("bm25", "BM25"), ("sft", "SFT"), ("ddro", "DDRO")):
+    for system, name in (("bm25", "BM25"), ("dense", "Dense"), ("sft", "SFT"), ("ddro", "DDRO")):
         run = {}
         for line in (out / "runs" / f"{system}.test.run").read_text().splitlines():
             qid, _, doc, rank, _, _ = line.split()
@@ -100,7 +100,7 @@ def test_two_outputs_give_two_column_groups(pipeline_out, tmp_path):
     out = pipeline_out[1]
     main([str(out), str(out), "--out", str(tmp_path), "--labels", "tiny", "small", "--beam_sizes", "none"])
     rows = table_rows((tmp_path / "report.md").read_text())
-    assert set(rows) == {"BM25", "SFT", "DDRO"}
+    assert set(rows) == {"BM25", "Dense", "SFT", "DDRO"}
     columns = list(rows["DDRO"])
     assert columns == [f"{label} {m}" for label in ("tiny", "small")
                        for m in ("R@1", "R@5", "R@10", "R@100", "MRR@10", "nDCG@10")]

@@ -31,7 +31,7 @@ SETTINGS = [("msmarco", "pq"), ("msmarco", "tu"), ("nq", "pq"), ("nq", "tu")]
 LAUNCHERS = {
     "data/build_collection.sh": [], "data/sentences.sh": [], "data/embed.sh": [], "data/docids.sh": [],
     "data/pseudo_queries.sh": [], "data/instances.sh": [], "sft/train_sft.sh": [],
-    "bm25/bm25.sh": [], "ddro/negatives.sh": [], "ddro/train_ddro.sh": [],
+    "bm25/bm25.sh": [], "dense/dense.sh": [], "ddro/negatives.sh": [], "ddro/train_ddro.sh": [],
     "eval/eval.sh": ["sft"], "eval/eval_published.sh": [],
 }
 ENV_KNOBS = ("ROOT", "DATA", "OUT", "COLLECTION", "CONFIG", "SPLIT", "NPROC", "OTHER_ENCODING", "DRY_RUN",
@@ -191,7 +191,7 @@ def check_paper_settings(stages: dict, dataset: str, encoding: str) -> None:
 
 @pytest.mark.parametrize("script", sorted(LAUNCHERS))
 def test_launcher_prints_one_parsable_ddro_command(script, tmp_path):
-    if script == "data/embed.sh":  # it reads the embedder settings of the docids section
+    if script in ("data/embed.sh", "dense/dense.sh"):  # they read the embedder settings of the docids section
         (cmd,) = printed(shell(SCRIPTS / script, "msmarco", "pq", root=tmp_path))
         assert parse_command(cmd)[1]["embedder"] == "sentence-transformers/gtr-t5-base"
     # every setting goes through run_paper.sh below; here each launcher alone prints exactly one command
@@ -199,6 +199,18 @@ def test_launcher_prints_one_parsable_ddro_command(script, tmp_path):
     assert len(commands) == 1
     parse_command(commands[0])
     assert not list(tmp_path.rglob("manifest.json")), "DRY_RUN must not build anything"
+
+
+def test_dense_launcher_reads_the_embedding_cache_the_docids_fill(tmp_path):
+    """Same model, fields, length and cache folder as docids.sh: the same cache entry."""
+    from ddro.docids.embed import cache_key
+
+    def key(args):
+        return cache_key(args["embedder"], "h", args["embed_fields"], args["embed_max_length"] or None), \
+            args["embed_cache"], args["collection"]
+    (dense,) = printed(shell(SCRIPTS / "dense/dense.sh", "nq", "pq", root=tmp_path))
+    (docids,) = printed(shell(SCRIPTS / "data/docids.sh", "nq", "pq", root=tmp_path))
+    assert key(parse_command(dense)[1]) == key(parse_command(docids)[1])
 
 
 @pytest.mark.parametrize("dataset,encoding", SETTINGS)

@@ -28,28 +28,25 @@ def verdict(out):
     return {c.name: c for c in run(VerifyArguments(output=str(out)))}
 
 
-def negatives_manifest_is_wrong(out):
-    """negatives.py hashes its files before closing them (reported): its manifest is wrong from birth."""
-    manifest = json.loads((out / "negatives" / "manifest.json").read_text())
-    from ddro.io import sha256_file
-    return any(sha256_file(out / "negatives" / f) != h for f, h in manifest["files"].items())
-
-
 def test_fresh_output_is_all_ok(output, capsys):
-    if negatives_manifest_is_wrong(output):
-        pytest.xfail("ddro negatives writes its manifest before its files are flushed")
     main([str(output)])  # no SystemExit: exit status 0
     printed = capsys.readouterr().out
-    assert "13/13 OK" in printed
-    for name in ("collection", "sft", "eval_ddro", "pipeline.json", "runs", "results"):
+    assert "14/14 OK" in printed
+    for name in ("collection", "dense", "sft", "negatives", "eval_ddro", "pipeline.json", "runs", "results"):
         assert any(line.split()[:1] == [name] and " OK " in line for line in printed.splitlines())
 
 
-def test_fresh_output_stages_are_ok_except_known_bug(output):
+def test_fresh_output_every_stage_is_ok(output):
     checks = verdict(output)
-    known_bug = {"negatives"} if negatives_manifest_is_wrong(output) else set()
-    assert {name: c.status for name, c in checks.items() if name not in known_bug} == \
-        {name: OK for name in checks if name not in known_bug}
+    assert {name: c.status for name, c in checks.items()} == dict.fromkeys(checks, OK)
+
+
+def test_negatives_manifest_hashes_the_files_as_written(output):
+    """Regression: negatives.py once hashed its files before closing them."""
+    from ddro.io import sha256_file
+    manifest = json.loads((output / "negatives" / "manifest.json").read_text())
+    assert manifest["files"] and manifest["files"] == {
+        p.name: sha256_file(p) for p in (output / "negatives").iterdir() if p.name != "manifest.json"}
 
 
 def test_flipped_byte_is_corrupt_and_named(output, capsys):
@@ -73,8 +70,8 @@ def test_edited_upstream_manifest_makes_downstream_stale(output):
     manifest["source"] = "edited by hand"
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     checks = verdict(output)
-    for downstream in ("docids", "pseudo_queries", "instances", "bm25", "negatives"):
-        assert checks[downstream].status in (STALE, CORRUPT)  # negatives: CORRUPT may come from the known bug
+    for downstream in ("docids", "dense", "pseudo_queries", "instances", "bm25", "negatives"):
+        assert checks[downstream].status == STALE
         assert any(status == STALE and "collection" in what for status, what in checks[downstream].problems)
     assert checks["collection"].status == CORRUPT  # no longer the manifest pipeline.json recorded
     assert checks["sft"].status == OK  # its inputs (docids, instances) are unchanged

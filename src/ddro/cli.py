@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("eval", "ddro.eval.evaluate", "trie-constrained beam search on a split: TREC run + metrics"),
     ("rescore", "ddro.eval.rescore", "re-score a run's docids by teacher forcing: report ranking inversions"),
     ("bm25", "ddro.bm25", "BM25 baseline run and metrics on a split"),
+    ("dense", "ddro.dense", "dense baseline (sentence-transformers, exact inner product) run and metrics on a split"),
     ("pipeline", "ddro.pipeline", "run every stage built so far, skipping finished ones"),
     ("verify", "ddro.verify", "re-check a pipeline folder's manifests; report anything stale or inconsistent"),
     ("report", "ddro.report", "write report.md and plots for one or more pipeline folders"),

@@ -11,9 +11,10 @@ otherwise it is rebuilt, and everything downstream of it with it.
 
     OUT/collection/   imported collection          OUT/bm25/         BM25 run + metrics
     OUT/docids/       docid table                  OUT/eval/sft/     SFT run + metrics
-    OUT/pseudo_queries/                            OUT/negatives/    BM25 hard negatives
-    OUT/instances/    SFT training + eval files    OUT/ddro/         DDRO checkpoint
-    OUT/sft/          stage checkpoints            OUT/eval/ddro/    DDRO run + metrics
+    OUT/dense/        dense run + metrics          OUT/negatives/    BM25 hard negatives
+    OUT/pseudo_queries/                            OUT/ddro/         DDRO checkpoint
+    OUT/instances/    SFT training + eval files    OUT/eval/ddro/    DDRO run + metrics
+    OUT/sft/          stage checkpoints
     OUT/runs/<system>.test.run    OUT/results.md   the systems side by side
 """
 from __future__ import annotations
@@ -99,11 +100,24 @@ def _has_train(out: Path) -> bool:
     return (out / "collection" / "qrels" / "train.tsv").is_file()
 
 
+def docid_embedding(preset: dict) -> dict:
+    """The docids section's embedding settings, which the dense stage takes over (unless its own
+    section sets them) so that it reads the document embeddings the PQ docids already cached."""
+    if "docids" not in preset:
+        return {}
+    docids = preset["docids"]
+    settings = {key: docids[key] for key in ("embedder", "embed_fields", "embed_cache") if key in docids}
+    return {**settings, "embed_max_length": docids.get("embed_max_length") or 0}  # 0: the model's own, as unset
+
+
 STAGES = [
     Stage("collection", "ddro.data.beir", "out", "manifest.json", (),
           lambda out, args, preset: _collection_source(args)),
     Stage("docids", "ddro.docids.build", "out", "manifest.json", ("collection",),
           lambda out, args, preset: {"collection": str(out / "collection")}),
+    Stage("dense", "ddro.dense", "out", "manifest.json", ("collection",),
+          lambda out, args, preset: {**docid_embedding(preset), **preset.get("dense", {}),
+                                     "collection": str(out / "collection"), "split": args.split, "tag": "dense"}),
     Stage("pseudo_queries", "ddro.pseudo_queries", "out", "manifest.json", ("collection",),
           lambda out, args, preset: {"collection": str(out / "collection")}),
     Stage("instances", "ddro.instances", "out", "manifest.json", ("collection", "docids", "pseudo_queries"),
@@ -129,7 +143,7 @@ STAGES = [
                                      "split": args.split, "tag": "ddro"}),
 ]
 FOLDERS = {"eval_sft": "eval/sft", "eval_ddro": "eval/ddro"}
-RUNS = {"bm25": "bm25", "eval_sft": "sft", "eval_ddro": "ddro"}  # stage -> system name in runs/
+RUNS = {"bm25": "bm25", "dense": "dense", "eval_sft": "sft", "eval_ddro": "ddro"}  # stage -> system name in runs/
 
 
 def run_depth(stage_name: str, config: dict | None) -> int:

@@ -16,8 +16,8 @@ from ..verify import eval_qrels, model_folder, pipeline_split
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = ("bm25", "sft", "ddro")
-NAMES = {"bm25": "BM25", "sft": "SFT", "ddro": "DDRO"}
+SYSTEMS = ("bm25", "dense", "sft", "ddro")
+NAMES = {"bm25": "BM25", "dense": "Dense", "sft": "SFT", "ddro": "DDRO"}
 MODELS = {"sft": "sft", "ddro": "ddro"}  # system -> checkpoint folder under OUT
 
 

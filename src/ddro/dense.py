@@ -1,0 +1,125 @@
+"""`ddro dense`: the dense-retrieval baseline on one split: a TREC run, its metrics, per-query scores.
+
+Documents are embedded exactly as `ddro docids --encoding pq` embeds them, through the same
+cache (`ddro.docids.embed`: same model, collection, fields and length => same cache entry), so
+a pipeline that built PQ docids pays nothing for the document side. Queries are encoded by the
+same sentence-transformers model, normalised, and searched exhaustively by inner product
+(faiss `IndexFlatIP`: exact, cosine on unit vectors) over the cached float16-rounded vectors.
+
+Output folder: `run.trec` (`qid Q0 docid rank score tag`), `metrics.json`, `per_query.csv`
+(see `ddro.eval.metrics`), `manifest.json` (kind "run").
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from .config import as_dict, entry_point, parse_args
+from .data.collection import Collection
+from .distributed import device_for_rank
+from .errors import DDROError
+from .eval.metrics import write_run_folder
+from .io import atomic_dir, check_output
+from .manifest import MANIFEST, manifest_hash, write_manifest
+from .tokenizer import OFFLINE_MINILM
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DenseArguments:
+    collection: str = field(metadata={"help": "collection folder with a manifest (see `ddro data beir`)"})
+    out: str = field(metadata={"help": "output folder: run.trec, metrics.json, per_query.csv, manifest.json"})
+    split: str = field(default="test", metadata={"help": "qrels split whose queries are searched and evaluated"})
+    k: int = field(default=100, metadata={"help": "documents retrieved per query"})
+    embedder: str = field(default=OFFLINE_MINILM, metadata={
+        "help": "sentence-transformers encoder of documents and queries (folder, hub name, or offline:minilm)"})
+    embed_fields: list[str] = field(default_factory=lambda: ["title", "text"], metadata={
+        "help": "document fields embedded, joined by a space"})
+    embed_max_length: int = field(default=128, metadata={
+        "help": "max tokens read per document (the presets' docids embed_max_length); 0: the model's own, "
+                "as `ddro docids` reads with its embed_max_length unset"})
+    query_max_length: int = field(default=64, metadata={"help": "max tokens read per query"})
+    embed_batch_size: int = field(default=64, metadata={"help": "documents or queries per encoding batch"})
+    embed_cache: str = field(default="resources/cache/embeddings", metadata={
+        "help": "document embedding cache, shared with `ddro docids --encoding pq` (same arguments => same entry)"})
+    device: Optional[str] = field(default=None, metadata={"help": "device; unset: cuda if available"})
+    tag: str = field(default="dense", metadata={"help": "run tag (last column of run.trec)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
+
+
+def encode_queries(texts: list[str], args: DenseArguments) -> np.ndarray:
+    """(n, dim) float32 unit vectors of the queries, in order."""
+    from .docids.embed import load_embedder
+
+    model = load_embedder(args.embedder, device_for_rank(args.device))
+    model.max_seq_length = args.query_max_length
+    return model.encode(texts, batch_size=args.embed_batch_size, normalize_embeddings=True,
+                        convert_to_numpy=True, show_progress_bar=True).astype(np.float32)
+
+
+def search(doc_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, document rows) of the k highest inner products per query: exact, by faiss."""
+    import faiss
+
+    index = faiss.IndexFlatIP(doc_vectors.shape[1])
+    index.add(np.ascontiguousarray(doc_vectors, dtype=np.float32))
+    return index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(doc_vectors)))
+
+
+def check_args(args: DenseArguments) -> None:
+    if args.k < 1:
+        raise DDROError(f"--k must be at least 1, got {args.k}")
+    if args.query_max_length < 1 or args.embed_max_length < 0:
+        raise DDROError("--query_max_length must be at least 1 and --embed_max_length at least 0")
+    if not args.tag or any(c.isspace() for c in args.tag):
+        raise DDROError(f"--tag {args.tag!r} must be one word")
+
+
+def run(args: DenseArguments) -> dict:
+    from .docids.embed import embed_collection
+
+    check_args(args)
+    check_output(args.out, args.overwrite)
+    collection = Collection(args.collection)
+    if not (collection.path / MANIFEST).is_file():  # the embedding cache is keyed by the manifest's hash
+        raise DDROError(f"{collection.path}: no {MANIFEST}; import it first: "
+                        f"ddro data beir --path {collection.path} --out DIR")
+    qrels = collection.qrels(args.split)
+    all_queries = collection.queries()
+    qids = sorted(qrels)  # read_qrels has checked every id is known
+    doc_vectors, embedding = embed_collection(
+        collection, args.embedder, args.embed_fields, args.embed_cache, max_length=args.embed_max_length or None,
+        batch_size=args.embed_batch_size, device=args.device)
+    query_vectors = encode_queries([all_queries[q] for q in qids], args)
+    scores, rows = search(doc_vectors, query_vectors, args.k)
+    doc_ids = collection.doc_ids()
+    hits = {qid: [(doc_ids[r], float(s)) for r, s in zip(rows[i], scores[i]) if r >= 0]
+            for i, qid in enumerate(qids)}
+    with atomic_dir(args.out, args.overwrite) as tmp:
+        metrics, _ = write_run_folder(tmp, hits, qrels, args.tag)
+        manifest = write_manifest(
+            tmp, "run", config=as_dict(args),
+            inputs={"collection": manifest_hash(collection.path)},
+            counts={"docs": len(doc_ids), "queries": len(qids), "evaluated_queries": metrics["queries"],
+                    "hits": sum(len(h) for h in hits.values())},
+            split=args.split, metrics=metrics, embedding=embedding)
+    log.info("dense %s: %s", args.split,
+             ", ".join(f"{m} {v:.4f}" if isinstance(v, float) else f"{m} {v}" for m, v in metrics.items()))
+    log.info("run written to %s", args.out)
+    return manifest
+
+
+@entry_point
+def main(argv=None):
+    """Dense baseline: exact inner-product search of a split's queries over the cached document
+    embeddings; write a TREC run and its metrics."""
+    (args,) = parse_args([DenseArguments], argv, prog="ddro dense", description=main.__doc__)
+    run(args)
+
+
+if __name__ == "__main__":
+    main()
