@@ -100,7 +100,7 @@ def run(args: DenseArguments) -> dict:
     hits = {qid: [(doc_ids[r], float(s)) for r, s in zip(rows[i], scores[i]) if r >= 0]
             for i, qid in enumerate(qids)}
     with atomic_dir(args.out, args.overwrite) as tmp:
-        metrics, _ = write_run_folder(tmp, hits, qrels, args.tag)
+        metrics, _ = write_run_folder(tmp, hits, qrels, args.tag, depth=args.k)
         manifest = write_manifest(
             tmp, "run", config=as_dict(args),
             inputs={"collection": manifest_hash(collection.path)},

@@ -147,12 +147,14 @@ RUNS = {"bm25": "bm25", "dense": "dense", "eval_sft": "sft", "eval_ddro": "ddro"
 
 
 def run_depth(stage_name: str, config: dict | None) -> int:
-    """Documents per query a system's run holds at most (its metrics claim no more): BM25's `k`,
+    """Documents per query a system's run holds at most (its metrics claim no more): BM25's or dense's `k`,
     an evaluation's `beams` (the defaults of those stages where the config leaves them out)."""
     from .bm25.cli import BM25Arguments
+    from .dense import DenseArguments
     from .eval.decoding import DecodingArguments
 
-    key, args = ("k", BM25Arguments) if stage_name == "bm25" else ("beams", DecodingArguments)
+    key, args = {"bm25": ("k", BM25Arguments), "dense": ("k", DenseArguments)}.get(
+        stage_name, ("beams", DecodingArguments))
     return int((config or {}).get(key, args.__dataclass_fields__[key].default))
 
 
