@@ -184,8 +184,11 @@ def zero_head(model) -> None:
 def prior_info(model, table: DocidTable) -> dict:
     """What ddro_model.json records: the prior's settings and the codebook it was built from."""
     c = model.config
+    embedding = (table.manifest.get("params") or {}).get("embedding") or {}
     return {"form": c.dense_prior, "tau": c.prior_tau, "subspaces": c.prior_subspaces, "codes": c.prior_codes,
-            "codebook_sha256": sha256_file(Path(table.path) / CODEBOOK)}
+            "codebook_sha256": sha256_file(Path(table.path) / CODEBOOK), "embedder": embedding.get("model"),
+            # documents were embedded from their first this-many tokens; queries use their whole input
+            "embed_max_seq_length": embedding.get("max_seq_length")}
 
 
 def check_prior(model, info: dict, table: DocidTable | None, where) -> None:
