@@ -44,6 +44,28 @@ def faiss_index(table: DocidTable, vectors: np.ndarray):
     return index, same
 
 
+def top(scores: np.ndarray, doc_ids: list[str], qids: list[str], depth: int) -> dict:
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :depth]
+    return {qid: [(doc_ids[j], float(scores[i, j])) for j in best[i]] for i, qid in enumerate(qids)}
+
+
+def exhaustive_runs(table: DocidTable, index, q: np.ndarray, qids: list[str], args) -> dict:
+    """Every document scored, no beam search: the ip ADC score, and what the zero-step model's summed
+    log-prob would rank by (prior sum, minus log V for a dedup token: its head logits are all zero)."""
+    import faiss
+
+    x = index.pq.decode(faiss.vector_to_array(index.codes).reshape(index.ntotal, -1))
+    ip, half_norm = q @ x.T, 0.5 * (x ** 2).sum(1)
+    doc_ids, m = table.doc_ids, index.pq.M
+    runs = {"exhaustive ip ADC": top(ip, doc_ids, qids, args.depth)}
+    if args.rows:
+        extra = np.array([len(t) > m for t in table.tokens]) * np.log(args.rows)
+        for form, score in (("ip", ip), ("l2", ip - half_norm)):
+            runs[f"exhaustive zero-step {form} (dedup token costs log V)"] = top(
+                args.tau * score - extra, doc_ids, qids, args.depth)
+    return runs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--collection", required=True)
@@ -52,6 +74,9 @@ def main() -> None:
     p.add_argument("--generative", help="run.trec of `ddro eval` on a zero-step prior model")
     p.add_argument("--embed_cache", default="resources/cache/embeddings")
     p.add_argument("--depth", type=int, default=100)
+    p.add_argument("--rows", type=int, default=0, help="the model's output rows V (decoder_rows in ddro_model.json): "
+                   "adds the exhaustive zero-step rankings")
+    p.add_argument("--tau", type=float, default=20.0, help="the model's tau (with --rows)")
     args = p.parse_args()
 
     collection, table = Collection(args.collection), DocidTable.load(args.docids)
@@ -73,6 +98,8 @@ def main() -> None:
                  for qid, ds, js in zip(qids, dist, ids)}
     judged = {qid: qrels[qid] for qid in qids}
     rows = {"faiss PQ (L2 ADC)": evaluate(faiss_run, judged)[0]}
+    for name, run in exhaustive_runs(table, index, q, qids, args).items():
+        rows[name] = evaluate(run, judged)[0]
     report = {"queries": len(qids), "codes_match_docids": bool(same_codes)}
     if generative is not None:
         rows["generative zero-step"] = evaluate(generative, judged)[0]
