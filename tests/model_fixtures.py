@@ -41,15 +41,22 @@ def tiny_bert_encoder(folder):
 
 
 def docid_folder(folder, doc_ids, *, encoding="pq", m=2, k=4, target_vocab="own", vocab_offset=3,
-                 tokenizer=None, tokens=None):
-    """A docid folder (docids.tsv + manifest kind 'docids') in the documented format."""
+                 tokenizer=None, tokens=None, params=None, arrays=None, add_doc_num=None):
+    """A docid folder (docids.tsv + manifest kind 'docids') in the documented format; `arrays`:
+    name -> numpy array saved beside it (e.g. codebook.npy), `params` the manifest's params."""
+    import numpy as np
+
     folder.mkdir(parents=True, exist_ok=True)
+    for name, array in (arrays or {}).items():
+        np.save(folder / name, array)
     if tokens is None:  # PQ: token = offset + K*m + code, distinct codes per document
         tokens = [tuple(vocab_offset + k * j + (i // k ** j) % k for j in range(m)) for i in range(len(doc_ids))]
     table = DocidTable(list(doc_ids), [tuple(t) for t in tokens])
     table.save(folder)
-    write_manifest(folder, "docids", encoding=encoding, params={"M": m, "K": k}, vocab_offset=vocab_offset,
-                   add_doc_num=k * m if encoding == "pq" else 0, max_docid_len=max(map(len, table.tokens)),
+    if add_doc_num is None:
+        add_doc_num = k * m if encoding == "pq" else 0
+    write_manifest(folder, "docids", encoding=encoding, params=params or {"M": m, "K": k},
+                   vocab_offset=vocab_offset, add_doc_num=add_doc_num, max_docid_len=max(map(len, table.tokens)),
                    eos_token_id=None, collection=None,
                    tokenizer=tokenizer_identity(tokenizer) if tokenizer is not None else None,
                    target_vocab=target_vocab, collisions=table.collisions(),

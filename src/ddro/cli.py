@@ -19,6 +19,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("docids", "ddro.docids.build", "encode every document's docid (pq, tu or atomic)"),
     ("pseudo-queries", "ddro.pseudo_queries", "generate pseudo-queries for every document"),
     ("instances", "ddro.instances", "build the three SFT stages' training files and the eval files"),
+    ("model init", "ddro.modeling.init", "write a constructed model before any training (e.g. the dense prior alone)"),
     ("train sft", "ddro.train.sft", "phase 1: three-stage supervised fine-tuning (doc, pseudo-query, query -> docid)"),
     ("negatives", "ddro.negatives", "phase 2 data: BM25 hard negatives sampled from rank bands"),
     ("train ddro", "ddro.train.ddro", "phase 2: direct document relevance optimisation (pairwise loss)"),

@@ -1,14 +1,16 @@
 """Checkpoint folders: what `save_model` writes and `load_model` checks.
 
 A checkpoint folder is a plain `save_pretrained` folder, loadable anywhere with
-`AutoModelForSeq2SeqLM.from_pretrained(folder)` + `AutoTokenizer.from_pretrained(folder)`::
+`AutoModelForSeq2SeqLM.from_pretrained(folder)` + `AutoTokenizer.from_pretrained(folder)` (a model
+with a dense prior after `import ddro.modeling`, which registers its model type)::
 
     config.json, generation_config.json, model.safetensors   the model (safetensors only)
     tokenizer.json, tokenizer_config.json, ...               the encoder's tokenizer
     docids.json        a byte copy of the docid folder's manifest.json (so its sha256 is the
                        docid folder's identity, `manifest_hash`)
     ddro_model.json    construction, docid manifest hash, vocabulary (rows, offset, pad,
-                       decoder start, eos), tokenizer identity, sizes
+                       decoder start, eos), tokenizer identity, sizes; with a dense prior
+                       (`prior.py`) its form, initial tau and the codebook's sha256
 
 `load_model(folder, docids=table)` refuses a checkpoint whose output vocabulary cannot
 hold the table's tokens or that was trained for another docid table.
@@ -30,6 +32,7 @@ from ..io import read_json, write_json
 from ..manifest import MANIFEST, manifest_hash_or_none
 from ..tokenizer import check_tokenizer
 from .build import keep_head_untied, output_rows, special_ids
+from .prior import check_prior  # also registers the dense-prior model with the Auto classes
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,7 @@ def load_model(path: str | Path, docids: DocidTable | str | Path | None = None, 
     if info.get("new_head"):
         keep_head_untied(model)
     check_tokenizer(info.get("tokenizer") or {}, tokenizer, f"checkpoint {folder}")
+    check_prior(model, info, table, f"checkpoint {folder}")
     if table is not None and plain:
         table.check_vocab(output_rows(model), f"checkpoint {folder}")
     elif table is not None:
