@@ -28,7 +28,7 @@ from ddro.pipeline import STAGES, load_preset, stage_folder  # noqa: E402
 
 # stage -> throughput unit ("docs", "steps" or "queries") and how the target scale grows it
 UNITS = {"collection": "docs", "docids": "docs", "pseudo_queries": "docs", "instances": "docs", "sft": "steps",
-         "bm25": "queries", "eval_sft": "queries", "negatives": "queries", "ddro": "steps", "eval_ddro": "queries"}
+         "bm25": "queries", "dense": "queries", "eval_sft": "queries", "negatives": "queries", "ddro": "steps", "eval_ddro": "queries"}
 
 
 def fail(message: str) -> None:
@@ -160,8 +160,9 @@ def estimate(rows: list[dict], work: dict, gpu: dict) -> list[dict]:
     else:
         add("docids", "docs", work["docs"], "docs", measured("docids"), "measured, linear in docs")
     add_sft(add, work, gpu, measured("sft"))
-    for name in ("bm25", "negatives"):            # per query, BM25 walks postings that grow with the docs
-        queries = work["eval_queries"] if name == "bm25" else work["train_queries"]
+    # per query, BM25 walks postings and exact dense search scans vectors, both growing with the docs
+    for name in ("bm25", "dense", "negatives"):
+        queries = work["train_queries"] if name == "negatives" else work["eval_queries"]
         rate = measured(name) and measured(name) * docs / work["docs"]
         add(name, "queries x docs", queries, "queries", rate, "measured, per-query cost linear in docs")
     for name in ("eval_sft", "eval_ddro"):

@@ -41,7 +41,7 @@ def tiny_bert_encoder(folder):
 
 
 def docid_folder(folder, doc_ids, *, encoding="pq", m=2, k=4, target_vocab="own", vocab_offset=3,
-                 tokenizer=None, tokens=None, params=None, arrays=None, add_doc_num=None):
+                 tokenizer=None, tokens=None, params=None, arrays=None, add_doc_num=None, extra_tokens=0):
     """A docid folder (docids.tsv + manifest kind 'docids') in the documented format; `arrays`:
     name -> numpy array saved beside it (e.g. codebook.npy), `params` the manifest's params."""
     import numpy as np
@@ -60,7 +60,7 @@ def docid_folder(folder, doc_ids, *, encoding="pq", m=2, k=4, target_vocab="own"
                    eos_token_id=None, collection=None,
                    tokenizer=tokenizer_identity(tokenizer) if tokenizer is not None else None,
                    target_vocab=target_vocab, collisions=table.collisions(),
-                   dedup={"enabled": False, "extra_tokens": 0}, command=["test"])
+                   dedup={"enabled": bool(extra_tokens), "extra_tokens": extra_tokens}, command=["test"])
     return DocidTable.load(folder)
 
 

@@ -28,14 +28,15 @@ def pq_params(embedder, m=M, k=K):
             "embedding": {"model": str(embedder), "dim": 32, "normalized": True}}
 
 
-def pq_table(folder, embedder, *, codebook=None, tokens=None, add_doc_num=M * K, params=None):
+def pq_table(folder, embedder, *, codebook=None, tokens=None, add_doc_num=M * K, params=None, extra_tokens=0):
     rng = np.random.default_rng(0)
     book = rng.normal(scale=0.3, size=(M, K, DSUB)).astype(np.float32) if codebook is None else codebook
     if tokens is None:  # distinct random codes
         combos = rng.choice(K ** M, size=N_DOCS, replace=False)
         tokens = [tuple(OFFSET + K * m + (c // K ** m) % K for m in range(M)) for c in combos]
     return docid_folder(folder, [f"d{i}" for i in range(len(tokens))], m=M, k=K, tokens=tokens,
-                        params=params or pq_params(embedder), arrays={"codebook.npy": book}, add_doc_num=add_doc_num)
+                        params=params or pq_params(embedder), arrays={"codebook.npy": book}, add_doc_num=add_doc_num,
+                        extra_tokens=extra_tokens)
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +101,20 @@ def test_zero_step_ranking_is_asymmetric_pq(encoder, query_vectors, tmp_path, fo
         np.testing.assert_allclose(got - got[:, :1], 20.0 * (want - want[:, :1]), atol=2e-4)
         assert (np.argsort(-got, 1) == np.argsort(-want, 1)).all()
     trie = DocidTrie(list(table.groups), end_token=model.generation_config.eos_token_id)
-    beams = constrained_generate(model, ids, mask, trie, num_beams=N_DOCS, length_penalty=0.0)
+    beams = constrained_generate(model, ids, mask, trie, num_beams=N_DOCS)
     for q, result in enumerate(beams):
         assert len(result) == N_DOCS
         assert [table.groups[b.docid][0] for b in result] == [table.doc_ids[j] for j in np.argsort(-want[q])]
         np.testing.assert_allclose([b.score for b in result], np.sort(got[q])[::-1], atol=1e-4)
 
 
-def test_prior_rows_and_positions_dedup_tokens_get_none(encoder, query_vectors, tmp_path):
+def test_prior_rows_and_positions_dedup_position_favours_dedup_tokens(encoder, query_vectors, tmp_path):
+    from ddro.modeling.prior import EXTRA_BIAS
+
     # two colliding documents, resolved by one extra token each at position M
     tokens = [tuple(OFFSET + K * m + c for m, c in enumerate(codes)) for codes in ((0, 1, 2, 3), (1, 1, 1, 1))]
     tokens = [tokens[0] + (OFFSET + M * K,), tokens[0] + (OFFSET + M * K + 1,), tokens[1]]
-    table = pq_table(tmp_path / "docids", encoder[0], tokens=tokens, add_doc_num=M * K + 2)
+    table = pq_table(tmp_path / "docids", encoder[0], tokens=tokens, add_doc_num=M * K + 2, extra_tokens=2)
     model = build(encoder, table, "ip", tau=5.0)
     ids, mask = queries(encoder[1])
     decoder_ids = torch.tensor([[1, *tokens[0]]]).repeat(len(ids), 1)
@@ -121,7 +124,11 @@ def test_prior_rows_and_positions_dedup_tokens_get_none(encoder, query_vectors, 
     want = np.zeros_like(logits)   # (queries, M + 1, vocab)
     for m in range(M):
         want[:, m, OFFSET + K * m:OFFSET + K * (m + 1)] = 5.0 * query_vectors[:, m * DSUB:(m + 1) * DSUB] @ book[m].T
-    np.testing.assert_allclose(logits, want, atol=1e-5)   # position M (dedup) and every other row: exactly 0
+    want[:, M, OFFSET + M * K:OFFSET + M * K + 2] = EXTRA_BIAS   # only the two dedup rows, only at position M
+    np.testing.assert_allclose(logits, want, atol=1e-5)
+    # so each colliding docid pays log 2 for its extra token, not log V
+    logp = torch.log_softmax(torch.from_numpy(logits[:, M]), -1)[:, OFFSET + M * K:OFFSET + M * K + 2]
+    np.testing.assert_allclose(logp.numpy(), -np.log(2), atol=1e-6)
 
 
 def test_kv_cached_generation_sees_the_right_positions(encoder, tmp_path):
@@ -143,7 +150,7 @@ def test_kv_cached_generation_sees_the_right_positions(encoder, tmp_path):
     # beam search (KV cache, beams reordered) scores each docid as teacher forcing does
     got = all_logps(model, ids, mask, table)
     trie = DocidTrie(list(table.groups), end_token=model.generation_config.eos_token_id)
-    for q, result in enumerate(constrained_generate(model, ids, mask, trie, num_beams=N_DOCS, length_penalty=0.0)):
+    for q, result in enumerate(constrained_generate(model, ids, mask, trie, num_beams=N_DOCS)):
         index = {toks: j for j, toks in enumerate(table.tokens)}
         np.testing.assert_allclose([b.score for b in result], [got[q, index[b.docid]] for b in result], atol=1e-4)
 

@@ -79,9 +79,11 @@ class ModelArguments:
                 "(<q_m, C_m[k]> - |C_m[k]|^2/2) (l2) to docid position m's logits, q the pooled query "
                 "embedding; the head starts at zero, so the untrained model ranks like asymmetric PQ (l2: faiss's "
                 "L2 search; it beat ip at zero steps on SciFact and MedQuAD); or none"})
-    prior_tau: float = field(default=20.0, metadata={
-        "help": "dense_prior: initial temperature tau (learned; 20 is the scale all-MiniLM-L6-v2 was "
-                "trained with)"})
+    prior_tau: float = field(default=200.0, metadata={
+        "help": "dense_prior: initial temperature tau (learned). 200: the scale at which the prior alone "
+                "gives the relevant docid the highest likelihood on SciFact and MedQuAD train queries "
+                "(all-MiniLM-L6-v2, 8x256 PQ; benchmarks/prior_tau.py); at 20 the prior is nearly flat "
+                "and SFT starts at a loss of log V"})
 
 
 @dataclass

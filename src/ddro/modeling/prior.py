@@ -46,6 +46,7 @@ from ..tokenizer import resolve_model_path
 PRIOR_FORMS = ("none", "ip", "l2")
 MODEL_TYPE = "ddro-dense-prior"
 CODEBOOK = "codebook.npy"  # as written by `ddro docids --encoding pq`
+EXTRA_BIAS = 30.0          # logit of the dedup tokens at position M: e^30 outweighs every other row at 0
 
 
 @strict
@@ -58,6 +59,7 @@ class DensePriorConfig(EncoderDecoderConfig):
     prior_codes: int = 1
     prior_dim: int = 1
     prior_vocab_offset: int = 0
+    prior_extra_tokens: int = 0   # dedup tokens (rows right after the M*K code rows), read at position M
 
 
 class DensePriorModel(EncoderDecoderModel):
@@ -93,14 +95,23 @@ class DensePriorModel(EncoderDecoderModel):
         return self.tau * scores
 
     def prior_logits(self, scores: torch.Tensor, first: int, shape: torch.Size) -> torch.Tensor:
-        """(B, T, V) additive logits: output position first + t < M gets scores[:, first + t] on its K rows."""
+        """(B, T, V) additive logits: output position first + t < M gets scores[:, first + t] on its K rows;
+        position M (where dedup docids carry their extra token) gets EXTRA_BIAS on the dedup rows."""
         batch, length, vocab = shape
         m, k = scores.shape[1:]
         pos = first + torch.arange(length, device=scores.device)
         at = pos.clamp(max=m - 1)
         values = scores[:, at] * (pos < m)[None, :, None]          # positions >= M: no prior
         rows = self.config.prior_vocab_offset + k * at[:, None] + torch.arange(k, device=scores.device)
-        return scores.new_zeros(batch, length, vocab).scatter(-1, rows.expand(batch, length, k), values)
+        logits = scores.new_zeros(batch, length, vocab).scatter(-1, rows.expand(batch, length, k), values)
+        extra = self.config.prior_extra_tokens
+        if extra and bool((pos == m).any()):
+            # With the head at zero, an unbiased dedup token would cost log V (every row equally likely);
+            # the bias puts position M's mass on the dedup tokens, so a colliding docid pays about
+            # log(extra_tokens) for its extra token instead, and training refines it.
+            start = self.config.prior_vocab_offset + m * k
+            logits[:, pos == m, start:start + extra] += EXTRA_BIAS
+        return logits
 
     def forward(self, input_ids=None, attention_mask=None, decoder_input_ids=None, encoder_outputs=None,
                 cache=None, labels=None, **kwargs):
@@ -165,7 +176,8 @@ def prior_model(encoder, decoder, table: DocidTable, form: str, tau: float, enco
     config = DensePriorConfig.from_encoder_decoder_configs(
         encoder.config, decoder.config, dense_prior=form, prior_tau=float(tau), prior_subspaces=book.shape[0],
         prior_codes=book.shape[1], prior_dim=book.shape[0] * book.shape[2],
-        prior_vocab_offset=table.manifest["vocab_offset"])
+        prior_vocab_offset=table.manifest["vocab_offset"],
+        prior_extra_tokens=int((table.manifest.get("dedup") or {}).get("extra_tokens", 0)))
     model = DensePriorModel(config=config, encoder=encoder, decoder=decoder)
     with torch.no_grad():
         model.prior_codebook.copy_(torch.from_numpy(book))
