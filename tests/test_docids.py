@@ -147,6 +147,19 @@ def test_pq_tokens_are_offset_plus_k_m_plus_code(tmp_path, cache, minilm, nbits,
     assert np.array_equal(nearest, codes)
 
 
+def test_two_imports_of_one_corpus_share_the_embedding_cache(tmp_path, cache):
+    """The cache is keyed by the documents (corpus.jsonl), not by where or how the collection was written."""
+    docs = make_docs(40)
+    a = make_collection(tmp_path / "a", docs)
+    b = tmp_path / "b"
+    b.mkdir()
+    write_collection(b, docs, {"q9": "another query"}, {"dev": {"q9": {docs[1]["_id"]: 1}}}, source="other")
+    other = make_collection(tmp_path / "c", make_docs(40, seed=1))
+    keys = [build(c, tmp_path / f"pq-{c.name}", cache, encoding="pq", pq_subspaces=8, pq_bits=2,
+                  target_vocab="own").manifest["params"]["embedding"]["cache_key"] for c in (a, b, other)]
+    assert keys[0] == keys[1] != keys[2]
+
+
 def test_pq_collisions_are_kept_and_reported_then_deduped(tmp_path, cache):
     docs = make_docs(24, seed=1)
     docs += [{**docs[3], "_id": "copy3a"}, {**docs[5], "_id": "copy5"}, {**docs[3], "_id": "copy3b"}]

@@ -1,8 +1,9 @@
 """Document embeddings with a sentence-transformers model, cached on disk.
 
 The cache file is `<cache_dir>/<key>.npy` (float16, one row per document in collection
-order) beside `<key>.json` describing it; the key hashes the model name, the
-collection's manifest hash, the fields embedded and the sequence length. Every caller
+order) beside `<key>.json` describing it; the key hashes the model name, the documents
+(corpus.jsonl's sha256 from the collection manifest: every import of one corpus shares the
+entry), the fields embedded and the sequence length. Every caller
 gets the float16-rounded vectors, computed now or read back, so a cold and a warm run
 quantize exactly the same numbers.
 
@@ -57,6 +58,14 @@ def load_embedder(name: str, device: str | None = None):
     except Exception as e:  # OSError, ValueError, hub errors: all mean "this model cannot be loaded"
         reason = " ".join(str(e).split())  # hub messages span lines; the CLI prints one
         raise DDROError(f"cannot load embedding model {name!r}: {e.__class__.__name__}: {reason}") from None
+
+
+def corpus_identity(path: Path) -> str:
+    """What the embeddings depend on: the documents in order, i.e. corpus.jsonl's sha256 as the collection
+    manifest records it, so two imports of one source (other output folders, other qrels) share the cache;
+    the manifest's own hash for a collection whose manifest lists no files."""
+    files = read_json(Path(path) / "manifest.json").get("files") or {}
+    return files.get("corpus.jsonl") or manifest_hash(path)
 
 
 def cache_key(model: str, collection_hash: str, fields: list[str], max_length: int | None) -> str:
@@ -146,7 +155,7 @@ def embed_collection(collection, model_name: str, fields: list[str], cache_dir: 
     unknown = [f for f in fields if f not in FIELDS]
     if unknown or not fields:
         raise DDROError(f"--embed-fields must be among {', '.join(FIELDS)}, got {fields}")
-    key = cache_key(model_name, manifest_hash(collection.path), fields, max_length)
+    key = cache_key(model_name, corpus_identity(collection.path), fields, max_length)
     cache_dir = Path(cache_dir)
     cached = read_cache(cache_dir, key, len(collection))
     if cached is not None:
