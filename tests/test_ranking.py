@@ -59,7 +59,7 @@ def test_every_docid_ranked_by_its_summed_log_prob(bert, tmp_path, kind):
         assert [b.docid for b in found] == want
         np.testing.assert_allclose([b.score for b in found], [sums[d] for d in want], atol=1e-4, rtol=0)
         # the teacher-forced re-scoring tool agrees with the oracle
-        np.testing.assert_allclose(docid_log_probs(model, query, want, EOS, free_end=kind == "pq"),
+        np.testing.assert_allclose(docid_log_probs(model, query, want, docid_trie(model, table)),
                                    [sums[d] for d in want], atol=1e-4, rtol=0)
     # generate_run (documents, as written to run.trec) keeps that order
     queries = [{"query_id": f"q{i}", "input_ids": q, "relevant": {"d0": 1}} for i, q in enumerate(QUERIES)]

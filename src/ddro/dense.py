@@ -1,7 +1,7 @@
 """`ddro dense`: the dense-retrieval baseline on one split: a TREC run, its metrics, per-query scores.
 
 Documents are embedded exactly as `ddro docids --encoding pq` embeds them, through the same
-cache (`ddro.docids.embed`: same model, collection, fields and length => same cache entry), so
+cache (`ddro.docids.embed`: same model, corpus, fields and length => same cache entry), so
 a pipeline that built PQ docids pays nothing for the document side. Queries are encoded by the
 same sentence-transformers model, normalised, and searched exhaustively by inner product
 (faiss `IndexFlatIP`: exact, cosine on unit vectors) over the cached float16-rounded vectors.
@@ -85,7 +85,7 @@ def run(args: DenseArguments) -> dict:
     check_args(args)
     check_output(args.out, args.overwrite)
     collection = Collection(args.collection)
-    if not (collection.path / MANIFEST).is_file():  # the embedding cache is keyed by the manifest's hash
+    if not (collection.path / MANIFEST).is_file():  # the embedding cache key reads corpus.jsonl's hash from it
         raise DDROError(f"{collection.path}: no {MANIFEST}; import it first: "
                         f"ddro data beir --path {collection.path} --out DIR")
     qrels = collection.qrels(args.split)

@@ -100,30 +100,28 @@ def rank_documents(beams, table: DocidTable) -> list[tuple[str, float]]:
     return hits
 
 
+def single_id(token_id) -> int:
+    """A config's eos_token_id may be a list (several end tokens): decoding ends docids with the first."""
+    return token_id[0] if isinstance(token_id, list) else token_id
+
+
 def docid_trie(model, table: DocidTable) -> DocidTrie:
     """The trie of the table's docids, ended by the model's end token (TU docids may already end with it)."""
-    end_token = special_ids(model)["eos"]
-    if isinstance(end_token, list):
-        end_token = end_token[0]
-    return DocidTrie(list(table.groups), end_token=end_token)
+    return DocidTrie(list(table.groups), end_token=single_id(special_ids(model)["eos"]))
 
 
 def end_token_of(model_path) -> int:
     """The end token a checkpoint decodes with (from its config.json: no weights loaded)."""
     from transformers import AutoConfig
 
-    end = AutoConfig.from_pretrained(model_path).eos_token_id
-    return end[0] if isinstance(end, list) else end
+    return single_id(AutoConfig.from_pretrained(model_path).eos_token_id)
 
 
-def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, decoding: DecodingArguments | int,
+def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, decoding: DecodingArguments,
                  batch_size: int, device: torch.device, journal: Journal | None = None
                  ) -> dict[str, list[tuple[str, float]]]:
-    """Hits per query (`decoding`: the settings, or just a beam size with the default others); with a
-    `journal`, each batch is committed to it and a rerun starts after the last committed batch (scores
-    round-trip exactly through JSON)."""
-    if isinstance(decoding, int):
-        decoding = DecodingArguments(beams=decoding)
+    """Hits per query; with a `journal`, each batch is committed to it and a rerun starts after the
+    last committed batch (scores round-trip exactly through JSON)."""
     trie = docid_trie(model, table)
     rows = model.get_input_embeddings().num_embeddings
     for q in queries:  # an id beyond the embeddings would fail deep inside the model

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..config import entry_point, parse_args
 from ..docids.table import DocidTable
 from ..errors import DDROError
+from .trie import DocidTrie
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +37,20 @@ class RescoreArguments:
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, ... (default: cuda if available)"})
 
 
-def docid_log_probs(model, query_ids: list[int], docids: list[tuple[int, ...]], end_token: int,
-                    free_end: bool) -> list[float]:
-    """Summed log-probability of each docid given the query, by teacher forcing. free_end: no docid
-    of the table carries the end token, so ending costs nothing; else a docid without it gets it."""
-    if not free_end:
-        docids = [d if d[-1] == end_token else (*d, end_token) for d in docids]
-    width = max(map(len, docids))
+def docid_log_probs(model, query_ids: list[int], docids: list[tuple[int, ...]], trie: DocidTrie) -> list[float]:
+    """Summed log-probability of each docid given the query, by teacher forcing (`docid_logps`, the
+    training path's); the docid ends as in `trie`: with no end token under `free_end`, else with it."""
+    from ..train.ddro_loss import IGNORE, docid_logps
+
+    if not trie.free_end:
+        docids = [d if d[-1] == trie.end_token else (*d, trie.end_token) for d in docids]
     device = next(model.parameters()).device
-    labels = torch.full((len(docids), width), -100, dtype=torch.long)
+    labels = torch.full((len(docids), max(map(len, docids))), IGNORE, dtype=torch.long)
     for i, d in enumerate(docids):
         labels[i, :len(d)] = torch.tensor(d)
     query = torch.tensor([query_ids], device=device).expand(len(docids), -1)
     with torch.no_grad():
-        logits = model(input_ids=query, attention_mask=torch.ones_like(query), labels=labels.to(device)).logits
-    keep = labels >= 0
-    picked = logits.float().log_softmax(-1).gather(2, labels.clamp(min=0).to(device)[..., None])[..., 0].cpu()
-    return picked.masked_fill(~keep, 0.0).sum(1).tolist()
+        return docid_logps(model, query, torch.ones_like(query), labels.to(device)).cpu().tolist()
 
 
 def inversions(scores: list[float]) -> float:
@@ -77,19 +75,19 @@ def run_docids(hits: list[tuple[str, float]], table: DocidTable) -> list[tuple[i
     return order
 
 
-def rescore(model, end_token: int, queries: list[dict], run: dict, table: DocidTable,
-            tolerance: float = 1e-4) -> dict:
+def rescore(model, queries: list[dict], run: dict, table: DocidTable, tolerance: float = 1e-4) -> dict:
     """{queries, queries_with_inversion, max_inversion (nats), inverted: [query ids]} for `run`."""
+    from .evaluate import docid_trie
+
     model.eval()
-    free_end = not any(d[-1] == end_token for d in table.groups)   # as DocidTrie decides
+    trie = docid_trie(model, table)   # the evaluator's: its end token and free_end rule
     inverted, largest, checked = [], 0.0, 0
     for q in tqdm(queries, desc="rescore", unit="query"):
         hits = run.get(q["query_id"])
         if not hits:
             continue
         checked += 1
-        docids = run_docids(hits, table)
-        worst = inversions(docid_log_probs(model, q["input_ids"], docids, end_token, free_end))
+        worst = inversions(docid_log_probs(model, q["input_ids"], run_docids(hits, table), trie))
         largest = max(largest, worst)
         if worst > tolerance:
             inverted.append(q["query_id"])
@@ -101,7 +99,6 @@ def run_rescore(args: RescoreArguments) -> dict:
     from pathlib import Path
 
     from ..distributed import device_for_rank
-    from ..modeling.build import special_ids
     from ..modeling.checkpoint import load_model
     from .evaluate import read_eval_file
     from .runs import read_run
@@ -113,8 +110,7 @@ def run_rescore(args: RescoreArguments) -> dict:
     queries, run = read_eval_file(path), read_run(args.run)
     loaded = load_model(args.model, table)
     model = loaded.model.to(torch.device(device_for_rank(args.device)))
-    end = special_ids(model)["eos"]
-    return rescore(model, end[0] if isinstance(end, list) else end, queries, run, table, args.tolerance)
+    return rescore(model, queries, run, table, args.tolerance)
 
 
 @entry_point
