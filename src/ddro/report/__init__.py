@@ -8,6 +8,8 @@ DIR (default: OUT, given one output):
     report/<label>_beams.png      SFT and DDRO metrics against the beam size
     report/<label>_training.png   SFT loss per stage, DDRO loss and reward accuracy/margin
     report/<label>_wins.png       per-query DDRO - SFT difference, sorted
+    report/<label>_logps.png      phase 2: the positive's and the negative's log-prob per step
+    report/<label>_ranks.png      first relevant rank, SFT vs DDRO (bucket transitions)
     report/beams/<label>/         the `ddro eval` folders behind the beam curves (a cache)
 
 Same inputs give the same report.md and the same PNG bytes (no timestamps anywhere).
@@ -24,8 +26,9 @@ from ..config import entry_point, parse_args
 from ..errors import DDROError
 from ..io import atomic_file
 from ..verify import leading_positionals
-from .data import NAMES, SYSTEMS, Output, beam_sweep, ddro_curves, labels_for, load_output, sft_curves
-from .plots import plot_beams, plot_training, plot_wins
+from .data import (NAMES, RANK_BUCKETS, SYSTEMS, Output, beam_sweep, ddro_curves, ddro_logps, labels_for,
+                   load_output, rank_transitions, sft_curves, system_ranks)
+from .plots import plot_beams, plot_logps, plot_rank_transitions, plot_training, plot_wins
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +192,51 @@ def wins_section(o: Output, metric: str, dest: Path) -> list[str]:
             f"{counts['wins']}, ties {counts['ties']} and loses {counts['losses']} of {len(diffs)} queries.", ""]
 
 
+def transition_table(counts: dict[tuple[str, str], int]) -> str:
+    """Rows: SFT's first relevant rank bucket; columns: DDRO's; margins: each system's totals."""
+    lines = ["| SFT (rows), DDRO (columns) | " + " | ".join(RANK_BUCKETS) + " | SFT total |",
+             "|---|" + "---:|" * (len(RANK_BUCKETS) + 1)]
+    for a in RANK_BUCKETS:
+        row = [counts[a, b] for b in RANK_BUCKETS]
+        lines.append(f"| {a} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
+    totals = [sum(counts[a, b] for a in RANK_BUCKETS) for b in RANK_BUCKETS]
+    lines.append("| DDRO total | " + " | ".join(map(str, totals)) + f" | {sum(totals)} |")
+    return "\n".join(lines)
+
+
+def moves(counts: dict[tuple[str, str], int]) -> dict[str, int]:
+    """Queries whose first relevant rank moved to a better bucket, stayed, or moved to a worse one."""
+    index = {b: i for i, b in enumerate(RANK_BUCKETS)}
+    return {"up": sum(n for (a, b), n in counts.items() if index[b] < index[a]),
+            "same": sum(n for (a, b), n in counts.items() if index[b] == index[a]),
+            "down": sum(n for (a, b), n in counts.items() if index[b] > index[a])}
+
+
+def phase2_section(o: Output, dest: Path) -> list[str]:
+    lines = [f"### {o.label}", ""]
+    curves = ddro_logps(o.path)
+    if curves is None:
+        lines += ["No phase-2 log-probs: `ddro/log_history.json` is missing or has no `logps/chosen` and "
+                  "`logps/rejected` entries (a DDRO checkpoint from a trainer that did not log them).", ""]
+    else:
+        png = plot_logps(curves, f"{o.label}: phase-2 log-probs", dest / "report" / f"{o.label}_logps.png")
+        lines += [f"![phase-2 log-probs, {o.label}](report/{png.name})", "",
+                  "Mean summed docid log-prob under the policy, per logged DDRO step, of the relevant docid (left) "
+                  "and of the hard negative (right) of the training pairs (validation pairs dashed, when "
+                  f"evaluated), from `ddro/log_history.json`: {len(curves['positive'])} logged steps. A pairwise "
+                  "loss only widens the gap, so the positive can drift down while the negative falls faster.", ""]
+    counts = rank_transitions(system_ranks(o, "sft"), system_ranks(o, "ddro"))
+    moved = moves(counts)
+    png = plot_rank_transitions(counts, RANK_BUCKETS, f"{o.label}: first relevant rank",
+                                dest / "report" / f"{o.label}_ranks.png")
+    return lines + [f"![first relevant rank, SFT vs DDRO, {o.label}](report/{png.name})", "",
+                    f"Rank of the first relevant document in `runs/sft.{o.split}.run` (rows) and "
+                    f"`runs/ddro.{o.split}.run` (columns), per `{o.split}` query with a relevant document; "
+                    "'>10 / none': ranked below 10, or not among the run's documents (deeper than its depth). "
+                    f"Better bucket under DDRO: {moved['up']}, same: {moved['same']}, worse: {moved['down']}.", "",
+                    transition_table(counts), ""]
+
+
 def run(args: ReportArguments) -> Path:
     paths = [Path(p) for p in args.outputs]
     if not paths:
@@ -223,6 +271,9 @@ def run(args: ReportArguments) -> Path:
     lines += [f"## Per-query wins and losses of DDRO over SFT ({args.wins_metric})", ""]
     for o in outputs:
         lines += wins_section(o, args.wins_metric, dest)
+    lines += ["## Phase 2: log-probs and first relevant rank", ""]
+    for o in outputs:
+        lines += phase2_section(o, dest)
     path = dest / "report.md"
     with atomic_file(path, overwrite=True) as f:
         f.write("\n".join(lines).rstrip("\n") + "\n")
@@ -232,8 +283,8 @@ def run(args: ReportArguments) -> Path:
 @entry_point
 def main(argv: Optional[list[str]] = None):
     """Write report.md and PNG plots for one or more pipeline outputs: the systems table with
-    paired t-tests (against BM25 and SFT), metrics versus beam size, training curves, and
-    DDRO's per-query wins and losses over SFT. Usage: ddro report OUT [OUT2 ...] [--out DIR]."""
+    paired t-tests (against BM25 and SFT), metrics versus beam size, training curves,
+    DDRO's per-query wins and losses over SFT, and phase 2's log-probs and first relevant ranks. Usage: ddro report OUT [OUT2 ...] [--out DIR]."""
     argv = leading_positionals(sys.argv[1:] if argv is None else argv, "--outputs")
     (args,) = parse_args([ReportArguments], argv, prog="ddro report", description=main.__doc__)
     path = run(args)

@@ -88,6 +88,61 @@ def ddro_curves(out: Path) -> dict[str, list[tuple[float, float]]]:
     return {name: [(e["step"], e[key]) for e in history if key in e and "step" in e] for name, key in keys.items()}
 
 
+def ddro_logps(out: Path) -> dict[str, list[tuple[float, float]]] | None:
+    """Mean summed docid log-prob of the positive and of the negative per logged DDRO step
+    (training, and `eval_` validation entries); None when the log holds no such keys
+    (no DDRO stage, or a trainer that did not log them)."""
+    path = out / "ddro" / "log_history.json"
+    history = read_json(path) if path.is_file() else []
+    keys = {"positive": "logps/chosen", "negative": "logps/rejected",
+            "positive (validation)": "eval_logps/chosen", "negative (validation)": "eval_logps/rejected"}
+    curves = {name: [(e["step"], e[key]) for e in history if key in e and "step" in e] for name, key in keys.items()}
+    return curves if any(curves.values()) else None
+
+
+# ------------------------------------------------------------------ first relevant rank
+
+RANK_BUCKETS = ("1", "2-3", "4-10", ">10 / none")
+
+
+def rank_bucket(rank: int | None) -> str:
+    """The bucket of a first relevant rank; None (no relevant docid in the run) joins >10."""
+    if rank is None or rank > 10:
+        return RANK_BUCKETS[3]
+    return RANK_BUCKETS[0] if rank == 1 else RANK_BUCKETS[1] if rank <= 3 else RANK_BUCKETS[2]
+
+
+def first_relevant_ranks(run: dict[str, list[tuple[str, float]]], qrels: dict) -> dict[str, int | None]:
+    """Query -> 1-based rank of its first relevant document in the run's canonical order (None when
+    the run holds none), for the queries with a relevant document, as the metrics count them."""
+    from ..eval.metrics import relevant_qrels
+    from ..eval.runs import canonical_run
+
+    run, ranks = canonical_run(run), {}
+    for qid, relevant in relevant_qrels(qrels).items():
+        hits = [i for i, (doc, _) in enumerate(run.get(qid, []), start=1) if doc in relevant]
+        ranks[qid] = hits[0] if hits else None
+    return ranks
+
+
+def rank_transitions(before: dict[str, int | None], after: dict[str, int | None]) -> dict[tuple[str, str], int]:
+    """(bucket before, bucket after) -> queries, over the queries of `before` (every cell present)."""
+    counts = {(a, b): 0 for a in RANK_BUCKETS for b in RANK_BUCKETS}
+    for qid, rank in before.items():
+        counts[rank_bucket(rank), rank_bucket(after.get(qid))] += 1
+    return counts
+
+
+def system_ranks(output: Output, system: str) -> dict[str, int | None]:
+    """First relevant ranks of a system's `runs/<system>.<split>.run` on the qrels it was evaluated on."""
+    from ..eval.runs import read_run
+
+    stage = next(name for name, s in RUNS.items() if s == system)
+    config = output.state.get(stage, {}).get("config")
+    run = read_run(output.path / "runs" / f"{system}.{output.split}.run")
+    return first_relevant_ranks(run, eval_qrels(output.path, output.split, config))
+
+
 # ------------------------------------------------------------------ beam sizes
 
 def preset_beams(output: Output) -> int | None:

@@ -97,3 +97,45 @@ def plot_wins(diffs: list[float], counts: dict[str, int], metric: str, title: st
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
+
+
+def plot_logps(curves: dict[str, list], title: str, path: Path) -> Path:
+    """The positive's and the negative's mean summed docid log-prob per logged DDRO step, one panel
+    each (their scales differ by far more than the positive's drift), validation dashed."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, role, color in ((axes[0], "positive", "tab:green"), (axes[1], "negative", "tab:red")):
+        for name, style, marker in ((role, "-", "."), (f"{role} (validation)", "--", "s")):
+            if points := curves.get(name):  # the label says how far it moved, first to last logged step
+                first, last = points[0][1], points[-1][1]
+                ax.plot(*zip(*points), linestyle=style, marker=marker, color=color,
+                        label=f"{name}: {first:.3f} to {last:.3f} ({last - first:+.3f})")
+        if any(curves.get(name) for name in (role, f"{role} (validation)")):
+            ax.legend(loc="best", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no logged steps", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=f"log p({role} docid | query)", xlabel="DDRO step", ylabel="summed log-prob")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def plot_rank_transitions(counts: dict[tuple[str, str], int], buckets: tuple[str, ...], title: str,
+                          path: Path) -> Path:
+    """Queries per (SFT bucket, DDRO bucket) of the first relevant rank: cells left of the diagonal
+    moved up under DDRO, right of it down."""
+    plt = _pyplot()
+    grid = [[counts[a, b] for b in buckets] for a in buckets]
+    top = max(1, *(n for row in grid for n in row))
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.imshow(grid, cmap="Blues", vmin=0, vmax=top)
+    for i, row in enumerate(grid):
+        for j, n in enumerate(row):
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=10, color="white" if n > 0.6 * top else "black")
+    ax.set_xticks(range(len(buckets)), buckets)
+    ax.set_yticks(range(len(buckets)), buckets)
+    ax.set(xlabel="DDRO: first relevant rank", ylabel="SFT: first relevant rank")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return save(fig, path)
