@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-import ddro.train.ddro as ddro_train
+import ddro.train.reference as reference_module
 from ddro.errors import DDROError
 from ddro.io import dumps_line
 from ddro.manifest import read_manifest, write_manifest
 from ddro.modeling import ModelArguments, build_model, load_model, save_model
-from ddro.train.ddro import (DDROArguments, DDROTrainingArguments, PairCollator, compute_reference_logps,
-                             disable_dropout, main, query_batches, run)
+from ddro.train.ddro import DDROArguments, DDROTrainingArguments, main, run
+from ddro.train.ddro_trainer import disable_dropout
+from ddro.train.pairs import PairCollator, cap_pairs, encode_queries
+from ddro.train.reference import compute_reference_logps, query_batches
 from ddro.train.ddro_loss import IGNORE, ddro_loss, docid_logps, pair_logps, sequence_logps
 from model_fixtures import WORDS, docid_folder, small_args, tiny_bert_encoder, tiny_pretrained_t5
 
@@ -155,7 +157,7 @@ def query_texts(folder) -> dict[str, str]:
 
 def fixed_batch_stats(model, ref_model, table, tokenizer, queries, pairs):
     """Mean DDRO loss and reward margin of `model` on `pairs` against `ref_model` (both eval mode)."""
-    ids = ddro_train.encode_queries(tokenizer, [queries[q] for q, _, _ in pairs], True, 64)
+    ids = encode_queries(tokenizer, [queries[q] for q, _, _ in pairs], True, 64)
     idx = {d: i for i, d in enumerate(table.doc_ids)}
     batch = PairCollator(tokenizer.pad_token_id)([
         {"input_ids": i, "chosen": table.tokens[idx[p]], "rejected": table.tokens[idx[n]], "ref_chosen": 0.0,
@@ -202,7 +204,7 @@ def test_reference_cache_is_reused_and_invalidated(t5_ckpt, tmp_path, monkeypatc
         calls.append(1)
         return compute_reference_logps(*a, **kw)
 
-    monkeypatch.setattr(ddro_train, "compute_reference_logps", counting)
+    monkeypatch.setattr(reference_module, "compute_reference_logps", counting)
     run(*ddro_args(tmp_path, ckpt, table, out="a", max_steps=1, eval_strategy="no"))
     assert len(calls) == 1 and len(list((tmp_path / "cache").glob("ref-*.safetensors"))) == 1
     run(*ddro_args(tmp_path, ckpt, table, out="b", max_steps=1, eval_strategy="no", learning_rate=1e-4))
@@ -228,7 +230,7 @@ def test_cached_reference_values_are_the_reference_log_probs(t5_ckpt, tmp_path):
     queries = query_texts(tmp_path / "neg")
     qids = list(queries)
     q, d = stored["items"][5]
-    ids = torch.tensor([ddro_train.encode_queries(ref.tokenizer, [queries[qids[q]]], True, 64)[0]])
+    ids = torch.tensor([encode_queries(ref.tokenizer, [queries[qids[q]]], True, 64)[0]])
     with torch.no_grad():
         want = docid_logps(ref.model.eval(), ids, torch.ones_like(ids), torch.tensor([table.tokens[d]]))
     assert stored["logps"][5] == pytest.approx(want.item(), abs=1e-5)
@@ -286,15 +288,15 @@ def test_cli_config_file_and_resume(t5_ckpt, tmp_path):
 
 def test_cap_pairs_is_a_seeded_sample_in_file_order():
     train, val = np.arange(300).reshape(100, 3), np.arange(30).reshape(10, 3)
-    a, a_val = ddro_train.cap_pairs(train, val, 20, seed=1)
-    b, _ = ddro_train.cap_pairs(train, val, 20, seed=1)
-    c, _ = ddro_train.cap_pairs(train, val, 20, seed=2)
+    a, a_val = cap_pairs(train, val, 20, seed=1)
+    b, _ = cap_pairs(train, val, 20, seed=1)
+    c, _ = cap_pairs(train, val, 20, seed=2)
     assert len(a) == 20 and len(a_val) == 2  # validation cut in the same proportion
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert {tuple(r) for r in a} <= {tuple(r) for r in train} and list(a[:, 0]) == sorted(a[:, 0])
-    assert ddro_train.cap_pairs(train, val, 100, seed=1)[0] is train  # nothing to cut
+    assert cap_pairs(train, val, 100, seed=1)[0] is train  # nothing to cut
     with pytest.raises(DDROError, match="--max_pairs"):
-        ddro_train.cap_pairs(train, val, 0, seed=1)
+        cap_pairs(train, val, 0, seed=1)
 
 
 def test_max_pairs_bounds_the_reference_pass_and_is_recorded(t5_ckpt, tmp_path):

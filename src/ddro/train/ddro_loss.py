@@ -11,7 +11,8 @@ smoothing); `tests/test_trl_parity.py` checks loss and gradients against TRL 0.2
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,17 +34,25 @@ class PairLoss:
     losses: torch.Tensor  # [B]
     chosen_rewards: torch.Tensor  # beta * (log p(d+) - log p_ref(d+)), detached
     rejected_rewards: torch.Tensor
+    chosen_logps: torch.Tensor  # log p(d+|q), detached
+    rejected_logps: torch.Tensor
 
     @property
     def loss(self) -> torch.Tensor:
         return self.losses.mean()
+
+    def gathered(self, gather: Callable[[torch.Tensor], torch.Tensor]) -> "PairLoss":
+        """The same result with every tensor passed through `gather` (DDP: every rank's rows), detached."""
+        return PairLoss(*(gather(getattr(self, f.name).detach()) for f in fields(self)))
 
     def metrics(self) -> dict[str, float]:
         margins = self.chosen_rewards - self.rejected_rewards
         return {"rewards/chosen": self.chosen_rewards.mean().item(),
                 "rewards/rejected": self.rejected_rewards.mean().item(),
                 "rewards/margins": margins.mean().item(),
-                "rewards/accuracies": (margins > 0).float().mean().item()}
+                "rewards/accuracies": (margins > 0).float().mean().item(),
+                "logps/chosen": self.chosen_logps.mean().item(),
+                "logps/rejected": self.rejected_logps.mean().item()}
 
 
 def ddro_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -52,7 +61,8 @@ def ddro_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_ch
     chosen_logratios = policy_chosen - ref_chosen.to(policy_chosen)
     rejected_logratios = policy_rejected - ref_rejected.to(policy_rejected)
     losses = -F.logsigmoid(beta * (chosen_logratios - rejected_logratios))
-    return PairLoss(losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach())
+    return PairLoss(losses, beta * chosen_logratios.detach(), beta * rejected_logratios.detach(),
+                    policy_chosen.detach(), policy_rejected.detach())
 
 
 def decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
