@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import ddro.train.reference as reference_module
 from ddro.errors import DDROError
@@ -14,10 +15,11 @@ from ddro.io import dumps_line
 from ddro.manifest import read_manifest, write_manifest
 from ddro.modeling import ModelArguments, build_model, load_model, save_model
 from ddro.train.ddro import DDROArguments, DDROTrainingArguments, main, run
+from ddro.train.ddro_loss import (IGNORE, ddro_loss, docid_logps, list_logps, listwise_loss, loss_function,
+                                  pair_logps, rpo_loss, sequence_logps)
 from ddro.train.ddro_trainer import disable_dropout
 from ddro.train.pairs import PairCollator, cap_pairs, encode_queries
 from ddro.train.reference import compute_reference_logps, query_batches
-from ddro.train.ddro_loss import IGNORE, ddro_loss, docid_logps, pair_logps, sequence_logps
 from model_fixtures import WORDS, docid_folder, small_args, tiny_bert_encoder, tiny_pretrained_t5
 
 DOCS = [f"d{i}" for i in range(12)]
@@ -39,6 +41,94 @@ def test_loss_matches_the_formula_on_known_numbers():
     assert m["rewards/accuracies"] == 0.5 and m["rewards/margins"] == pytest.approx((0.6 - 0.2) / 2)
     # identical policy and reference: log 2 whatever the log-probs
     assert ddro_loss(pc, pr, pc, pr, beta=0.4).loss.item() == pytest.approx(math.log(2))
+
+
+def test_rpo_adds_the_positive_nll_on_known_numbers():
+    pc, pr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -0.5])
+    rc, rr = torch.tensor([-1.5, -2.0]), torch.tensor([-2.0, -1.0])
+    out = rpo_loss(pc, pr, rc, rr, beta=0.4, rpo_alpha=0.5)
+    pairwise = [math.log(1 + math.exp(-0.4 * 1.5)), math.log(1 + math.exp(0.4 * 0.5))]
+    expected = [pairwise[0] + 0.5 * 1.0, pairwise[1] + 0.5 * 2.0]  # + alpha * -log p(d+|q), summed over tokens
+    assert out.losses.tolist() == pytest.approx(expected, abs=1e-6)
+    assert out.loss.item() == pytest.approx(sum(expected) / 2, abs=1e-6)
+    assert out.metrics() == pytest.approx(ddro_loss(pc, pr, rc, rr, beta=0.4).metrics())  # same rewards
+    assert rpo_loss(pc, pr, rc, rr, beta=0.4, rpo_alpha=0.0).losses.tolist() == pytest.approx(pairwise, abs=1e-6)
+
+
+def test_listwise_loss_on_known_numbers_with_padded_negatives():
+    pc, rc = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -2.0])
+    # group 2 has one negative; its two padded slots hold junk that must not count
+    pr = torch.tensor([[-3.0, -0.5, -4.0], [-1.0, 99.0, -99.0]])
+    rr = torch.tensor([[-2.0, -1.0, -3.0], [-2.5, 7.0, 5.0]])
+    mask = torch.tensor([[True, True, True], [True, False, False]])
+    out = listwise_loss(pc, pr, rc, rr, beta=0.4, rejected_mask=mask)
+    # log-ratios: group 1 r+ = 0.5, r- = (-1, 0.5, -1); group 2 r+ = 0, r- = (1.5,)
+    expected = []
+    for r_pos, r_neg in ((0.5, [-1.0, 0.5, -1.0]), (0.0, [1.5])):
+        scores = 0.4 * np.array([r_pos, *r_neg])
+        expected.append(float(np.log(np.exp(scores).sum()) - scores[0]))
+    assert expected[1] == pytest.approx(math.log(1 + math.exp(0.4 * 1.5)))  # one negative: the sigmoid loss
+    assert out.losses.tolist() == pytest.approx(expected, abs=1e-6)
+    assert out.loss.item() == pytest.approx(np.mean(expected), abs=1e-6)
+    m = out.metrics()  # chosen per group; rejected per real negative; margins, accuracies per real pair
+    assert m["rewards/chosen"] == pytest.approx(0.1) and m["rewards/rejected"] == pytest.approx(0.0, abs=1e-7)
+    assert m["rewards/margins"] == pytest.approx((0.6 + 0.0 + 0.6 - 0.6) / 4)
+    assert m["rewards/accuracies"] == 0.5
+    assert m["logps/chosen"] == pytest.approx(-1.5) and m["logps/rejected"] == pytest.approx((-3 - 0.5 - 4 - 1) / 4)
+
+
+def grads(loss_fn, *values, **kw):
+    inputs = [torch.tensor(v, requires_grad=True) for v in values]
+    out = loss_fn(*inputs, **kw)
+    out.losses.sum().backward()
+    return out, [t.grad for t in inputs]
+
+
+def test_loss_gradients():
+    pc, pr, rc, rr = [-1.0, -2.0, -0.3], [-3.0, -0.5, -0.2], [-1.5, -2.0, -0.4], [-2.0, -1.0, -0.1]
+    sig, (g_pc, g_pr, _, _) = grads(ddro_loss, pc, pr, rc, rr, beta=0.4)
+    _, (r_pc, r_pr, _, _) = grads(rpo_loss, pc, pr, rc, rr, beta=0.4, rpo_alpha=0.7)
+    torch.testing.assert_close(r_pc - g_pc, torch.full((3,), -0.7))  # d(-alpha * log p(d+))/d log p(d+)
+    torch.testing.assert_close(r_pr, g_pr)
+    # listwise with one negative per group is the sigmoid loss, values and gradients
+    one = [[v] for v in pr], [[v] for v in rr]
+    lst, (l_pc, l_pr, l_rc, _) = grads(listwise_loss, pc, one[0], rc, one[1], beta=0.4)
+    torch.testing.assert_close(lst.losses, sig.losses)
+    torch.testing.assert_close(l_pc, g_pc)
+    torch.testing.assert_close(l_pr[:, 0], g_pr)
+    # padded negatives: no gradient, finite elsewhere
+    mask = torch.tensor([[True, False], [True, True], [True, False]])
+    _, (m_pc, m_pr, _, _) = grads(listwise_loss, pc, [[-3.0, 50.0], [-0.5, -1.0], [-0.2, 0.0]], rc,
+                                  [[-2.0, 0.0], [-1.0, -2.0], [-0.1, 0.0]], beta=0.4, rejected_mask=mask)
+    assert torch.isfinite(m_pc).all() and torch.isfinite(m_pr).all()
+    assert m_pr[~mask].abs().sum() == 0 and (m_pr[mask] > 0).all() and (m_pc < 0).all()
+    torch.testing.assert_close(m_pr[[0, 2], 0], g_pr[[0, 2]])  # one real negative: the sigmoid's gradient
+
+
+def test_metrics_from_padded_and_gathered_tensors():
+    """DDP pads each rank's [B, K] tensors to the largest K and concatenates the ranks: same metrics."""
+    mask = torch.tensor([[True, True], [True, False]])
+    out = listwise_loss(torch.tensor([-1.0, -2.0]), torch.tensor([[-3.0, -0.5], [-1.0, 0.0]]),
+                        torch.tensor([-1.5, -2.0]), torch.tensor([[-2.0, -1.0], [-2.5, 0.0]]), 0.4, mask)
+
+    def two_ranks_wider(t):  # accelerate's pad_across_processes pads with zeros (the mask as float: False)
+        t = F.pad(t, (0, 3)) if t.dim() == 2 else t
+        return torch.cat([t, t])
+    assert out.gathered(two_ranks_wider).metrics() == pytest.approx(out.metrics())
+    pairs = ddro_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-1.5]), torch.tensor([-2.0]), 0.4)
+    assert pairs.gathered(two_ranks_wider).metrics() == pytest.approx(pairs.metrics())
+
+
+def test_loss_function_dispatch_and_refusals():
+    pc, pr, rc, rr = torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-1.5]), torch.tensor([-2.0])
+    want = ddro_loss(pc, pr, rc, rr, beta=0.3).losses
+    torch.testing.assert_close(loss_function("sigmoid", 0.3)(pc, pr, rc, rr).losses, want)
+    torch.testing.assert_close(loss_function("rpo", 0.3, rpo_alpha=2.0)(pc, pr, rc, rr).losses, want + 2.0)
+    torch.testing.assert_close(loss_function("listwise", 0.3)(pc, pr[:, None], rc, rr[:, None]).losses, want)
+    for bad, match in ((("foo", 0.4, 1.0), "--loss_type: one of sigmoid, rpo, listwise"),
+                       (("rpo", 0.4, -1.0), "--rpo_alpha"), (("sigmoid", 0.0, 1.0), "--beta")):
+        with pytest.raises(DDROError, match=match):
+            loss_function(*bad)
 
 
 def test_sequence_logps_sums_label_tokens_and_masks_padding():
@@ -135,6 +225,16 @@ def test_pair_forward_shares_the_encoder_exactly(t5_ckpt, tmp_path):
         assert torch.allclose(r, docid_logps(model, ids, mask, rejected), atol=1e-5)
         assert torch.allclose(c, c2, atol=1e-5) and torch.allclose(r, r2, atol=1e-5)
         assert (c < 0).all()
+        # groups: query 1 has two negatives, query 2 one (its second slot is padding)
+        negatives = torch.full((2, 2, rejected.shape[1]), IGNORE)
+        negatives[:, 0] = rejected
+        negatives[0, 1, :len(tab.tokens[4])] = torch.tensor(tab.tokens[4])
+        real = torch.tensor([[True, True], [True, False]])
+        alone = docid_logps(model, ids[:1], mask[:1], torch.tensor([tab.tokens[4]]))
+        for share in (True, False):
+            lc, lr = list_logps(model, ids, mask, chosen, negatives, real, share_encoder=share)
+            assert torch.allclose(lc, c, atol=1e-5) and torch.allclose(lr[:, 0], r, atol=1e-5)
+            assert torch.allclose(lr[0, 1], alone[0], atol=1e-5) and lr[1, 1] == 0
 
 
 def test_disable_dropout_makes_training_mode_deterministic(t5_ckpt):
