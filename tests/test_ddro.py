@@ -18,7 +18,8 @@ from ddro.train.ddro import DDROArguments, DDROTrainingArguments, main, run
 from ddro.train.ddro_loss import (IGNORE, ddro_loss, docid_logps, list_logps, listwise_loss, loss_function,
                                   pair_logps, rpo_loss, sequence_logps)
 from ddro.train.ddro_trainer import disable_dropout
-from ddro.train.pairs import PairCollator, cap_pairs, encode_queries
+from ddro.train.pairs import (GroupCollator, GroupDataset, PairCollator, PairData, cap_pairs, encode_queries,
+                              group_bounds, group_rows)
 from ddro.train.reference import compute_reference_logps, query_batches
 from model_fixtures import WORDS, docid_folder, small_args, tiny_bert_encoder, tiny_pretrained_t5
 
@@ -155,6 +156,35 @@ def test_collator_pads_queries_and_labels():
     assert batch["chosen_labels"].tolist() == [[10, 11], [15, IGNORE]]
     assert batch["rejected_labels"].tolist() == [[12, 13, 14], [16, IGNORE, IGNORE]]
     assert batch["ref_chosen"].tolist() == [-1.0, -3.0]
+
+
+def test_rows_grouped_by_query_and_positive():
+    rows = np.array([(0, 1, 5), (2, 3, 4), (0, 1, 6), (0, 2, 7), (2, 3, 8), (0, 1, 9)])
+    grouped = group_rows(rows)  # groups in order of first appearance, negatives in file order
+    assert grouped.tolist() == [[0, 1, 5], [0, 1, 6], [0, 1, 9], [2, 3, 4], [2, 3, 8], [0, 2, 7]]
+    assert group_bounds(grouped).tolist() == [0, 3, 5, 6]
+    assert group_bounds(rows[:0]).tolist() == [0] and len(group_rows(rows[:0])) == 0
+    data = PairData([[10, 1], [11, 1], [12, 1]], [(20 + i,) for i in range(10)], *grouped.T)
+    ds = GroupDataset(data, np.arange(6, dtype=np.float32), -np.arange(6, dtype=np.float32))
+    assert len(ds) == 3
+    assert ds[0] == {"input_ids": [10, 1], "chosen": (21,), "rejected": [(25,), (26,), (29,)], "ref_chosen": 0.0,
+                     "ref_rejected": [-0.0, -1.0, -2.0]}
+    assert ds[2]["rejected"] == [(27,)] and ds[2]["ref_rejected"] == [-5.0]
+
+
+def test_group_collator_pads_negatives_and_masks_them():
+    batch = GroupCollator(pad_token_id=0)([
+        {"input_ids": [5, 6, 1], "chosen": [10, 11], "rejected": [[12, 13, 14], [15]], "ref_chosen": -1.0,
+         "ref_rejected": [-2.0, -3.0]},
+        {"input_ids": [7, 1], "chosen": [16], "rejected": [[17, 18]], "ref_chosen": -4.0, "ref_rejected": [-5.0]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 1], [7, 1, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert batch["chosen_labels"].tolist() == [[10, 11], [16, IGNORE]]
+    assert batch["rejected_labels"].tolist() == [[[12, 13, 14], [15, IGNORE, IGNORE]],
+                                                 [[17, 18, IGNORE], [IGNORE] * 3]]
+    assert batch["rejected_mask"].tolist() == [[True, True], [True, False]]
+    assert batch["ref_chosen"].tolist() == [-1.0, -4.0]
+    assert batch["ref_rejected"].tolist() == [[-2.0, -3.0], [-5.0, 0.0]]
 
 
 def test_reference_batches_hold_whole_queries():
@@ -295,6 +325,41 @@ def test_trainer_reduces_the_loss_and_writes_a_loadable_checkpoint(t5_ckpt, tmp_
     assert not (tmp_path / "out.trainer").exists()  # work folder removed after success
 
 
+@pytest.mark.parametrize("loss_type", ["rpo", "listwise"])
+def test_loss_types_train_end_to_end(t5_ckpt, tmp_path, loss_type):
+    """`ddro train ddro --loss_type rpo|listwise` on the sigmoid test's pairs: the first step's loss is the
+    loss at policy == reference, the loss falls, the positive's and negatives' log-probs are logged."""
+    ckpt, table = t5_ckpt
+    negatives_folder(tmp_path / "neg", PAIRS, VAL)
+    args, targs = ddro_args(tmp_path, ckpt, table)
+    argv = ["--checkpoint", args.checkpoint, "--docids", args.docids, "--negatives", args.negatives,
+            "--ref_cache_dir", args.ref_cache_dir, "--output_dir", targs.output_dir, "--learning_rate", "3e-3",
+            "--warmup_steps", "0", "--max_steps", "8", "--per_device_train_batch_size", "12",
+            "--per_device_eval_batch_size", "4", "--logging_steps", "1", "--save_strategy", "no", "--use_cpu", "true",
+            "--seed", "0", "--lr_scheduler_type", "constant", "--loss_type", loss_type, "--rpo_alpha", "0.5"]
+    main(argv)
+    manifest = read_manifest(tmp_path / "out", "ddro")
+    assert manifest["config"]["loss_type"] == loss_type and manifest["config"]["rpo_alpha"] == 0.5
+    counts = manifest["counts"]
+    assert (counts["train_pairs"], counts["val_pairs"], counts["steps"]) == (len(PAIRS), len(VAL), 8)
+    if loss_type == "listwise":  # 6 (query, positive) groups of 2 negatives; validation: 1 group of 2
+        assert (counts["train_groups"], counts["val_groups"]) == (6, 1)
+    assert load_model(tmp_path / "out", docids=table).info["ddro"]["loss_type"] == loss_type
+    history = json.loads((tmp_path / "out" / "log_history.json").read_text())
+    train = [h for h in history if "loss" in h]
+    first = train[0]
+    assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-4)  # policy == reference
+    at_reference = math.log(3) if loss_type == "listwise" else math.log(2) - 0.5 * first["logps/chosen"]
+    assert first["loss"] == pytest.approx(at_reference, abs=1e-4)
+    assert train[-1]["loss"] < first["loss"] and train[-1]["rewards/margins"] > 0.1
+    for h in (*train, next(h for h in history if "eval_loss" in h)):
+        prefix = "eval_" if "eval_loss" in h else ""
+        keys = ("logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                "rewards/accuracies")
+        assert all(math.isfinite(h[prefix + k]) for k in keys)
+    assert first["logps/chosen"] < 0 and first["logps/rejected"] < 0
+
+
 def test_reference_cache_is_reused_and_invalidated(t5_ckpt, tmp_path, monkeypatch):
     ckpt, table = t5_ckpt
     negatives_folder(tmp_path / "neg", PAIRS, VAL)
@@ -356,9 +421,27 @@ def test_refusals(t5_ckpt, tmp_path):
         run(args, targs)
 
 
-def test_cli_config_file_and_resume(t5_ckpt, tmp_path):
+@pytest.mark.parametrize("flags, message", [(["--loss_type", "foo"], "--loss_type: one of sigmoid, rpo, listwise"),
+                                            (["--loss_type", "rpo", "--rpo_alpha", "-0.5"], "--rpo_alpha must be"),
+                                            (["--beta", "0"], "--beta must be > 0")])
+def test_bad_loss_settings_fail_in_one_line_before_loading(tmp_path, capsys, flags, message):
+    missing = str(tmp_path / "missing")  # any load would fail with another error
+    with pytest.raises(SystemExit) as e:
+        main(["--checkpoint", missing, "--docids", missing, "--negatives", missing, "--output_dir",
+              str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith(f"error: {message}") and "Traceback" not in "".join(err)
+    with pytest.raises(DDROError, match=message.split()[0]):
+        args = DDROArguments(checkpoint=missing, docids=missing, negatives=missing)
+        for flag, value in zip(flags[::2], flags[1::2]):
+            setattr(args, flag[2:], type(getattr(args, flag[2:]))(value))
+        run(args, DDROTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True))
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "listwise"])
+def test_cli_config_file_and_resume(t5_ckpt, tmp_path, loss_type):
     """`ddro train ddro --config F` runs the same code; a run resumed from its checkpoint ends where an
-    uninterrupted one does."""
+    uninterrupted one does (pairs, and groups for listwise)."""
     import yaml
     from safetensors.torch import load_file
 
@@ -368,7 +451,7 @@ def test_cli_config_file_and_resume(t5_ckpt, tmp_path):
               "output_dir": str(tmp_path / "out"), "ref_cache_dir": str(tmp_path / "cache"), "beta": 0.3,
               "max_steps": 2, "per_device_train_batch_size": 6, "learning_rate": 1e-3, "warmup_steps": 0,
               "lr_scheduler_type": "constant", "save_strategy": "steps", "save_steps": 1, "eval_strategy": "no",
-              "use_cpu": True, "keep_work_dir": True, "save_total_limit": 10}
+              "use_cpu": True, "keep_work_dir": True, "save_total_limit": 10, "loss_type": loss_type}
     (tmp_path / "ddro.yaml").write_text(yaml.safe_dump(config))
     main(["--config", str(tmp_path / "ddro.yaml")])
     manifest = read_manifest(tmp_path / "out", "ddro")
@@ -399,13 +482,33 @@ def test_cap_pairs_is_a_seeded_sample_in_file_order():
         cap_pairs(train, val, 0, seed=1)
 
 
-def test_max_pairs_bounds_the_reference_pass_and_is_recorded(t5_ckpt, tmp_path):
+def test_cap_pairs_keeps_whole_groups_when_grouped():
+    # 40 groups of 1-4 negatives (sizes cycle 1, 2, 3, 4): 100 pairs; validation 5 groups of 2
+    train = group_rows(np.array([(g, g, 1000 + n) for g in range(40) for n in range(g % 4 + 1)]))
+    val = group_rows(np.array([(100 + g, g, 2000 + n) for g in range(5) for n in range(2)]))
+    a, a_val = cap_pairs(train, val, 30, seed=1, grouped=True)
+    assert np.array_equal(a, cap_pairs(train, val, 30, seed=1, grouped=True)[0])
+    assert not np.array_equal(a, cap_pairs(train, val, 30, seed=2, grouped=True)[0])
+    assert 26 <= len(a) <= 30 and list(a[:, 0]) == sorted(a[:, 0])  # full up to one group short, in order
+    kept = set(a[:, 0].tolist())
+    assert all((a[:, 0] == g).sum() == g % 4 + 1 for g in kept)  # every kept group whole
+    assert len(a_val) == 2  # ceil(10 * 30 / 100) = 3 pairs: one whole group of 2
+    one, _ = cap_pairs(train, val, 1, seed=3, grouped=True)
+    assert len(set(one[:, 0].tolist())) == 1  # at least one group, even one over the limit
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "listwise"])
+def test_max_pairs_bounds_the_reference_pass_and_is_recorded(t5_ckpt, tmp_path, loss_type):
     ckpt, table = t5_ckpt
     negatives_folder(tmp_path / "neg", PAIRS, VAL)
     args, targs = ddro_args(tmp_path, ckpt, table, max_steps=1, eval_strategy="no")
-    args.max_pairs = 4
+    args.max_pairs, args.loss_type = 4, loss_type
     counts = run(args, targs)["counts"]
     assert (counts["train_pairs"], counts["train_pairs_available"]) == (4, len(PAIRS))
-    assert (counts["val_pairs"], counts["val_pairs_available"]) == (1, len(VAL))
-    assert counts["reference_items"] <= 2 * (4 + 1)  # only the kept pairs' (query, docid)s
+    # listwise keeps whole groups: 2 of 2 negatives; validation's one group, whole
+    assert (counts["val_pairs"], counts["val_pairs_available"]) == ({"sigmoid": 1, "listwise": 2}[loss_type], len(VAL))
+    if loss_type == "listwise":
+        assert (counts["train_groups"], counts["val_groups"]) == (2, 1)
+        assert counts["reference_items"] == 2 * 3 + 3  # each group's query with d+ and its 2 negatives
+    assert counts["reference_items"] <= 2 * (4 + counts["val_pairs"])  # only the kept pairs' (query, docid)s
     assert read_manifest(tmp_path / "out", "ddro")["config"]["max_pairs"] == 4

@@ -125,3 +125,13 @@ def cached_reference_logps(cache_dir: Path, key_parts: dict, compute, items: np.
     journal.discard()
     log.info("reference log-probs: computed %d, cached in %s", len(logps), path)
     return logps, False
+
+
+def lookup(items: np.ndarray, logps: np.ndarray, n_docs: int):
+    """ref(q, d): the reference log-probs of index arrays q, d, every pair of which is one of `items`
+    (sorted (query, doc) rows) with log-probs `logps`."""
+    codes = items[:, 0] * n_docs + items[:, 1]  # sorted, as `items` is
+
+    def ref(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return logps[np.searchsorted(codes, q * n_docs + d)].astype(np.float32)
+    return ref
