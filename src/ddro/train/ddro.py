@@ -296,7 +296,8 @@ def run(args: DDROArguments, targs: DDROTrainingArguments) -> dict:
 
 @entry_point
 def main(argv=None):
-    """Phase 2: train the SFT checkpoint with the DDRO pairwise objective on BM25 hard negatives."""
+    """Phase 2: train the SFT checkpoint with a DDRO objective (default: the paper's pairwise loss) on BM25
+    hard negatives."""
     args, targs = parse_args([DDROArguments, DDROTrainingArguments], argv, prog="ddro train ddro",
                              description=main.__doc__)
     run(args, targs)
