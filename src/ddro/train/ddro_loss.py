@@ -116,8 +116,8 @@ def listwise_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, re
     mask = torch.ones_like(policy_rejected, dtype=torch.bool) if rejected_mask is None else rejected_mask.bool()
     chosen = policy_chosen - ref_chosen.to(policy_chosen)
     rejected = (policy_rejected - ref_rejected.to(policy_rejected)).masked_fill(~mask, 0.0)
-    scores = (beta * torch.cat([chosen[:, None], rejected], dim=1)).masked_fill(~F.pad(mask, (1, 0), value=True),
-                                                                                float("-inf"))
+    present = F.pad(mask, (1, 0), value=True)  # d+, then the real negatives
+    scores = (beta * torch.cat([chosen[:, None], rejected], dim=1)).masked_fill(~present, float("-inf"))
     losses = -torch.log_softmax(scores, dim=1)[:, 0]
     return PairLoss(losses, beta * chosen.detach(), beta * rejected.detach(), policy_chosen.detach(),
                     policy_rejected.detach().masked_fill(~mask, 0.0), mask)
