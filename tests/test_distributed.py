@@ -151,6 +151,27 @@ def test_ddro_trains_under_torchrun(t5_ckpt, tmp_path):
     assert not (tmp_path / "ddro.trainer").exists()
 
 
+def test_ddro_listwise_under_torchrun_gathers_groups_of_different_sizes(t5_ckpt, tmp_path):
+    """Each rank's groups have another number of negatives: the logged metrics pad and gather them."""
+    ckpt, table = t5_ckpt
+    pairs = [(f"q{i}", f"d{i}", f"d{(i + k) % 12}") for i, n in enumerate((3, 1, 2, 1)) for k in range(3, 3 + n)]
+    negatives_folder(tmp_path / "neg", pairs, VAL)
+    out = tmp_path / "ddro"
+    launch("ddro.train.ddro", [
+        "--checkpoint", ckpt, "--docids", table.path, "--negatives", tmp_path / "neg", "--output_dir", out,
+        "--ref_cache_dir", tmp_path / "cache", "--max_steps", 2, "--per_device_train_batch_size", 1,
+        "--warmup_steps", 0, "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
+        "--logging_steps", 1, "--eval_strategy", "steps", "--eval_steps", 2, "--loss_type", "listwise"], nproc=2)
+    manifest = read_manifest(out, "ddro")
+    assert manifest["counts"]["train_groups"] == 4 and manifest["world_size"] == 2
+    history = json.loads((out / "log_history.json").read_text())
+    assert history[-1]["epoch"] == 1.0  # 2 steps x 2 ranks x 1 group = the 4 groups once
+    train = [h for h in history if "loss" in h]
+    assert len(train) == 2 and train[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+    assert all(h[k] < 0 for h in train for k in ("logps/chosen", "logps/rejected"))
+    assert any("eval_logps/rejected" in h for h in history)
+
+
 # ---------------------------------------------------------------- pseudo-queries
 def test_sharded_doc2query_equals_one_process(tmp_path, tiny_doc2query):
     from test_pseudo_queries import d2q_args, make_collection, make_docs

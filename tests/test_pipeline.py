@@ -157,6 +157,7 @@ def micro_preset(tmp_path, **sections) -> str:
 
 @pytest.mark.parametrize("section, values, says", [
     ("ddro", {"bta": 0.4}, "section 'ddro': unknown key 'bta'"),
+    ("ddro", {"loss_type": "pairwise"}, "--loss_type: one of sigmoid, rpo, listwise, got 'pairwise'"),
     ("negatives", {"max_queries": "many"}, "section 'negatives': key 'max_queries'"),
     ("eval", {"beams": [1, 2]}, "section 'eval': key 'beams' takes a single value"),
     ("collection", {"dev_from_train": "some"}, "section 'collection': key 'dev_from_train'"),

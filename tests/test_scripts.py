@@ -176,7 +176,7 @@ def check_paper_settings(stages: dict, dataset: str, encoding: str) -> None:
     assert stages["ddro.pseudo_queries"]["method"] == "doc2query"
     neg = stages["ddro.negatives"]
     assert (neg["negatives"], neg["bands"], neg["k1"], neg["b"]) == (16, "1-100,101-500,501-1000", 0.82, 0.68)
-    assert ddro_["beta"] == {"msmarco": 0.4, "nq": 0.49}[dataset]
+    assert ddro_["beta"] == {"msmarco": 0.4, "nq": 0.49}[dataset] and ddro_["loss_type"] == "sigmoid"
     assert (ddro_["learning_rate"], getattr(ddro_["lr_scheduler_type"], "value", None), ddro_["warmup_steps"]) == (1e-6, "cosine", 1000)
     assert (ddro_["max_grad_norm"], ddro_["per_device_train_batch_size"], ddro_["num_train_epochs"]) == (0.5, 64, 2)
     beams = {("msmarco", "pq"): 80, ("msmarco", "tu"): 15, ("nq", "pq"): 100, ("nq", "tu"): 50}
