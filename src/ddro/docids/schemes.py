@@ -6,10 +6,10 @@ entry below, its options in `build.DocidArguments`, and its tests (tests/test_do
 from __future__ import annotations
 
 from ..errors import DDROError
-from . import atomic, pq, tu
+from . import atomic, pq, semantic, tu
 from .scheme import Scheme
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (pq.SCHEME, tu.SCHEME, atomic.SCHEME)}
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (pq.SCHEME, tu.SCHEME, atomic.SCHEME, semantic.SCHEME)}
 ENCODINGS = tuple(SCHEMES)
 
 
