@@ -4,7 +4,7 @@ Writes a docid folder (`docids.tsv` + manifest kind "docids", see `table.py`). T
 are ids in the decoder's vocabulary, which is either
 
 * `--target-vocab tokenizer` (default): the vocabulary of `--tokenizer` (e.g. T5's).
-  Docids of new tokens (pq, semantic, atomic) extend it from `vocab_offset` =
+  Docids of new tokens (pq, rq, semantic, atomic) extend it from `vocab_offset` =
   len(tokenizer); TU docids are the tokenizer's own ids, ended by its EOS.
 * `--target-vocab own`: a decoder with its own small vocabulary (`scheme.OWN_SPECIALS`:
   pad 0, decoder_start 1, eos 2), docid tokens from `vocab_offset` = 3; new-token schemes only.
@@ -37,7 +37,7 @@ from .tu import eos_id
 log = logging.getLogger(__name__)
 
 TARGETS = ("tokenizer", "own")
-EMBEDDING = "pq/semantic"  # the schemes that quantize document embeddings (the embed_* options)
+EMBEDDING = "pq/rq/semantic"  # the schemes that quantize document embeddings (the embed_* options)
 
 
 @dataclass
@@ -56,16 +56,21 @@ class DocidArguments:
         "help": "first id of the new docid tokens (not tu); unset: len(tokenizer), or 3 with "
                 "--target-vocab own"})
     dedup: bool = field(default=False, metadata={
-        "help": "make every docid unique (pq: one extra position token per colliding document; "
+        "help": "make every docid unique (pq/rq: one extra position token per colliding document; "
                 "tu: a number before EOS; atomic and semantic docids are unique anyway); default keeps "
                 "collisions and reports them"})
-    seed: int = field(default=42, metadata={"help": "seed of the k-means (pq, semantic)"})
+    seed: int = field(default=42, metadata={"help": "seed of the k-means (pq, rq, semantic)"})
     pq_subspaces: int = field(default=24, metadata={"help": "PQ: number of sub-spaces M (docid length); "
                                                             "must divide the embedding dimension"})
     pq_bits: int_or_auto = field(default=8, metadata={
         "help": "PQ: bits per code; K = 2^bits centroids per sub-space (needs at least K documents); auto: the "
                 f"largest bits <= {AUTO_MAX_BITS} leaving >= {AUTO_MIN_POINTS_PER_CENTROID} documents per centroid "
                 "(what was chosen and why is in the manifest)"})
+    rq_levels: int = field(default=8, metadata={
+        "help": "RQ: number of residual levels M (docid length), each quantizing what the previous left"})
+    rq_bits: int_or_auto = field(default=8, metadata={
+        "help": "RQ: bits per code; K = 2^bits centroids per level (needs at least K documents); auto: as "
+                "--pq-bits auto"})
     semantic_k: int = field(default=30, metadata={
         "help": "semantic: clusters per level of the hierarchical k-means (NCI: 30, DSI: 10)"})
     semantic_c: int = field(default=30, metadata={
@@ -189,7 +194,7 @@ def run(args: DocidArguments) -> DocidTable:
 
 @entry_point
 def main(argv=None):
-    """Encode every document's docid: pq, semantic (from document embeddings), tu (title + URL) or atomic."""
+    """Encode every document's docid: pq, rq, semantic (from document embeddings), tu (title + URL) or atomic."""
     (args,) = parse_args([DocidArguments], argv, prog="ddro docids", description=main.__doc__)
     run(args)
 

@@ -4,8 +4,8 @@ The embedding is cut into M sub-vectors; k-means with K = 2^nbits centroids is t
 each sub-space on all documents, and a document's docid is its M centroid numbers. Code
 c of sub-space m becomes the token `vocab_offset + K*m + c`, so every position has its
 own K tokens (M*K new vocabulary ids, no EOS: every docid has length M). The centroids are
-saved as `codebook.npy`, (M, K, d/M) float32. `CodebookScheme` is that construction for any quantizer of M codes of K centroids:
-tokens, codebook file and dedup.
+saved as `codebook.npy`, (M, K, d/M) float32. `CodebookScheme` is the construction PQ and
+RQ (`rq.py`) share: M codes of K centroids, tokens, codebook file and dedup.
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def dedup_pq(tokens: list[tuple[int, ...]], first_extra: int) -> tuple[list[tupl
 
 class CodebookScheme(Scheme):
     """M codes of K = 2^bits centroids quantizing a document's embedding, code c at position m the
-    token vocab_offset + K*m + c, the centroids saved beside the table (PQ). Colliding
+    token vocab_offset + K*m + c, the centroids saved beside the table (PQ, RQ). Colliding
     docids are deduplicated with `dedup_pq`."""
     count_key: ClassVar[str]   # the manifest param holding M
     count_flag: ClassVar[str]

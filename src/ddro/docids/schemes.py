@@ -6,10 +6,10 @@ entry below, its options in `build.DocidArguments`, and its tests (tests/test_do
 from __future__ import annotations
 
 from ..errors import DDROError
-from . import atomic, pq, semantic, tu
+from . import atomic, pq, rq, semantic, tu
 from .scheme import Scheme
 
-SCHEMES: dict[str, Scheme] = {s.name: s for s in (pq.SCHEME, tu.SCHEME, atomic.SCHEME, semantic.SCHEME)}
+SCHEMES: dict[str, Scheme] = {s.name: s for s in (pq.SCHEME, tu.SCHEME, atomic.SCHEME, semantic.SCHEME, rq.SCHEME)}
 ENCODINGS = tuple(SCHEMES)
 
 

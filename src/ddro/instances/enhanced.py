@@ -7,7 +7,7 @@ as text and tokenized like any input:
 - docids of tokenizer ids (tu) are decoded back to text, e.g. "cerebral white matter";
 - docids of new tokens are the scheme's name, then the code of each position
   (`Scheme.codes`): pq "pq 12 255 3 ..." (code = id - offset - K*m, and a dedup token's index
-  in its group when the table has one), semantic "semantic 4 17 2" (cluster numbers, then
+  in its group when the table has one; rq alike), semantic "semantic 4 17 2" (cluster numbers, then
   the leaf index), atomic "atomic 1234" (the document's index).
 """
 from __future__ import annotations

@@ -55,7 +55,7 @@ class ModelArguments:
                 f"folder; minilm-decoder: the encoder (default {OFFLINE_MINILM})"})
     new_head: Optional[bool] = field(default=None, metadata={
         "help": "T5 constructions: an untied output head; default: yes for docids of new tokens "
-                "(pq, semantic, atomic), no (the tied head) for docids of tokenizer ids (tu)"})
+                "(pq, rq, semantic, atomic), no (the tied head) for docids of tokenizer ids (tu)"})
     hidden_size: Optional[int] = field(default=None, metadata={
         "help": "t5-scratch d_model (256) / decoder hidden size (default: the encoder's)"})
     intermediate_size: Optional[int] = field(default=None, metadata={
