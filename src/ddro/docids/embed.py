@@ -215,7 +215,8 @@ class EmbedArguments:
         "help": "max tokens the embedder reads; unset: the model's own"})
     embed_batch_size: int = field(default=64, metadata={"help": "documents per embedding batch"})
     embed_cache: str = field(default="resources/cache/embeddings", metadata={
-        "help": "the embedding cache `ddro docids --encoding pq` reads (same arguments => same cache entry)"})
+        "help": "the embedding cache `ddro docids --encoding pq/rq/semantic` reads (same arguments => same "
+                "cache entry)"})
     device: Optional[str] = field(default=None, metadata={"help": "device; unset: cuda (this rank's) if available"})
     num_shards: int = field(default_factory=default_num_shards, metadata={"help": SHARD_HELP.replace(
         "<out>.shards/", "<embed_cache>/<key>.shards/").replace("into --out", "into the cache")})
@@ -237,7 +238,7 @@ def run(args: EmbedArguments):
 
 @entry_point
 def main(argv=None):
-    """Fill the embedding cache of `ddro docids --encoding pq` (sharded over torchrun ranks or array tasks)."""
+    """Fill the embedding cache of `ddro docids` (pq, rq, semantic), sharded over torchrun ranks or array tasks."""
     (args,) = parse_args([EmbedArguments], argv, prog="ddro docids embed", description=main.__doc__)
     run(args)
 

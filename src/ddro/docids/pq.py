@@ -3,15 +3,21 @@
 The embedding is cut into M sub-vectors; k-means with K = 2^nbits centroids is trained in
 each sub-space on all documents, and a document's docid is its M centroid numbers. Code
 c of sub-space m becomes the token `vocab_offset + K*m + c`, so every position has its
-own K tokens (M*K new vocabulary ids, no EOS: every docid has length M).
+own K tokens (M*K new vocabulary ids, no EOS: every docid has length M). The centroids are
+saved as `codebook.npy`, (M, K, d/M) float32. `CodebookScheme` is the construction PQ and
+RQ (`rq.py`) share: M codes of K centroids, tokens, codebook file and dedup.
 """
 from __future__ import annotations
 
+import functools
 import logging
+from typing import ClassVar
 
 import numpy as np
 
 from ..errors import DDROError
+from .kmeans import kmeans, one_thread
+from .scheme import CODEBOOK, Built, Scheme, document_vectors
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +38,14 @@ class int_or_auto:  # noqa: N801 -- named like `int`: argparse names the type in
         return int(value)
 
 
-def auto_pq_bits(n_docs: int) -> tuple[int, str]:
+def auto_pq_bits(n_docs: int, flag: str = "--pq-bits") -> tuple[int, str]:
     """The largest bits <= AUTO_MAX_BITS giving every centroid AUTO_MIN_POINTS_PER_CENTROID documents
     (at least 1 bit, and never more centroids than documents); returns (bits, why)."""
     bits = AUTO_MAX_BITS
     while bits > 1 and n_docs < AUTO_MIN_POINTS_PER_CENTROID << bits:
         bits -= 1
     if n_docs < 1 << bits:
-        raise DDROError(f"--pq-bits auto: {n_docs} documents are too few for PQ docids (2 needed)")
+        raise DDROError(f"{flag} auto: {n_docs} documents are too few for quantized docids (2 needed)")
     k = 1 << bits
     faiss_met = "met" if n_docs >= MIN_POINTS_PER_CENTROID * k else "not met"
     why = (f"{n_docs} documents: {n_docs / k:.1f} per centroid at {bits} bits ({k} centroids); auto takes the "
@@ -48,26 +54,32 @@ def auto_pq_bits(n_docs: int) -> tuple[int, str]:
     return bits, why
 
 
-def resolve_pq_bits(requested: int | str, n_docs: int) -> tuple[int, str]:
-    """--pq-bits as a number: `auto` chosen from the collection size, a number taken as given."""
+def resolve_pq_bits(requested: int | str, n_docs: int, flag: str = "--pq-bits") -> tuple[int, str]:
+    """--pq-bits (or `flag`) as a number: `auto` chosen from the collection size, a number taken as given."""
     if requested == "auto":
-        return auto_pq_bits(n_docs)
+        return auto_pq_bits(n_docs, flag)
     if isinstance(requested, str):
-        raise DDROError(f"--pq-bits must be a number of bits or 'auto', got {requested!r}")
+        raise DDROError(f"{flag} must be a number of bits or 'auto', got {requested!r}")
     return requested, "given"
+
+
+def check_codes(n_docs: int, count: int, nbits: int, count_flag: str = "--pq-subspaces",
+                bits_flag: str = "--pq-bits", unit: str = "sub-space") -> None:
+    """Refuse M codes of 2^nbits centroids that faiss cannot train on n_docs documents."""
+    if count < 1:
+        raise DDROError(f"{count_flag} must be >= 1, got {count}")
+    if not 1 <= nbits <= 16:
+        raise DDROError(f"{bits_flag} must be in 1..16, got {nbits}")
+    k = 1 << nbits
+    if n_docs < k:
+        raise DDROError(f"{bits_flag} {nbits} asks for {k} centroids per {unit} but the collection "
+                        f"has only {n_docs} documents; use {bits_flag} <= {max(n_docs.bit_length() - 1, 0)} "
+                        f"or {bits_flag} auto")
 
 
 def check_pq(n_docs: int, dim: int | None, subspaces: int, nbits: int) -> None:
     """Refuse settings faiss cannot train (called before any embedding work when possible)."""
-    if subspaces < 1:
-        raise DDROError(f"--pq-subspaces must be >= 1, got {subspaces}")
-    if not 1 <= nbits <= 16:
-        raise DDROError(f"--pq-bits must be in 1..16, got {nbits}")
-    k = 1 << nbits
-    if n_docs < k:
-        raise DDROError(f"--pq-bits {nbits} asks for {k} centroids per sub-space but the collection "
-                        f"has only {n_docs} documents; use --pq-bits <= {max(n_docs.bit_length() - 1, 0)} "
-                        "or --pq-bits auto")
+    check_codes(n_docs, subspaces, nbits)
     if dim is not None and dim % subspaces:
         divisors = [m for m in range(1, dim + 1) if dim % m == 0 and m <= 64]
         raise DDROError(f"--pq-subspaces {subspaces} does not divide the embedding dimension {dim} "
@@ -100,19 +112,9 @@ def pq_codes(x: np.ndarray, subspaces: int, nbits: int, seed: int) -> tuple[np.n
         log.warning("PQ: %d documents for %d centroids per sub-space (faiss advises >= %d); "
                     "codes will be coarse", n, k, MIN_POINTS_PER_CENTROID * k)
     centroids = np.empty((subspaces, k, dsub), dtype=np.float32)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
+    with one_thread():
         for m in range(subspaces):
-            cp = faiss.ClusteringParameters()
-            cp.seed = seed + m
-            cp.min_points_per_centroid = 1          # we warned above; keeps faiss quiet
-            cp.max_points_per_centroid = 1 << 30    # no subsampling: train on every document
-            clustering = faiss.Clustering(dsub, k, cp)
-            clustering.train(np.ascontiguousarray(x[:, m * dsub:(m + 1) * dsub]), faiss.IndexFlatL2(dsub))
-            centroids[m] = faiss.vector_to_array(clustering.centroids).reshape(k, dsub)
-    finally:
-        faiss.omp_set_num_threads(threads)
+            centroids[m] = kmeans(x[:, m * dsub:(m + 1) * dsub], k, seed + m)
     pq = faiss.ProductQuantizer(dim, subspaces, nbits)
     faiss.copy_array_to_vector(centroids.ravel(), pq.centroids)
     pq.sync_transposed_centroids()
@@ -144,3 +146,67 @@ def dedup_pq(tokens: list[tuple[int, ...]], first_extra: int) -> tuple[list[tupl
     extra = max(map(len, colliding), default=0)
     return out, {"method": "position-in-group token appended to every member", "groups_resolved": len(colliding),
                  "docs_changed": sum(map(len, colliding)), "extra_tokens": extra}
+
+
+class CodebookScheme(Scheme):
+    """M codes of K = 2^bits centroids quantizing a document's embedding, code c at position m the
+    token vocab_offset + K*m + c, the centroids saved beside the table (PQ, RQ). Colliding
+    docids are deduplicated with `dedup_pq`."""
+    count_key: ClassVar[str]   # the manifest param holding M
+    count_flag: ClassVar[str]
+    bits_flag: ClassVar[str]
+    unit: ClassVar[str]        # what each of the M codes quantizes
+    codebook: ClassVar[str]    # file name of the saved centroids
+
+    def settings(self, args) -> tuple[int, int | str]:
+        """(M, requested bits: a number or 'auto') from the arguments."""
+        raise NotImplementedError
+
+    def check(self, n_docs: int, dim: int | None, count: int, bits: int) -> None:
+        check_codes(n_docs, count, bits, self.count_flag, self.bits_flag, self.unit)
+
+    def quantize(self, x: np.ndarray, count: int, bits: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(codes (n, M) int64, the centroids to save)."""
+        raise NotImplementedError
+
+    def build(self, args, collection, target, n_docs: int) -> Built:
+        count, requested = self.settings(args)
+        bits, why = resolve_pq_bits(requested, n_docs, self.bits_flag)
+        self.check(n_docs, None, count, bits)
+        vectors, embedding = document_vectors(args, collection,
+                                              check_dim=lambda dim: self.check(n_docs, dim, count, bits))
+        log.info("%s: training %d %ss x %d centroids on %d documents%s", self.name.upper(), count, self.unit,
+                 1 << bits, n_docs, f" ({self.bits_flag} auto: {why})" if requested == "auto" else "")
+        codes, centroids = self.quantize(vectors, count, bits, args.seed)
+        new_tokens = count << bits
+        params = {self.count_key: count, "bits": bits, "centroids": 1 << bits, "seed": args.seed,
+                  "embedding": embedding}
+        if requested == "auto":
+            params["bits_auto"] = why
+        params["codebook"] = self.codebook
+        return Built(pq_tokens(codes, target.vocab_offset, bits), new_tokens, params, {self.codebook: centroids},
+                     functools.partial(dedup_pq, first_extra=target.vocab_offset + new_tokens))
+
+    def layout(self, params: dict) -> tuple[int, int]:
+        # a dedup token sits at position M: offset + K*M + its index in the group
+        return params["centroids"], params[self.count_key]
+
+
+class PQScheme(CodebookScheme):
+    name = "pq"
+    summary = "product quantization of the document embeddings (M sub-space codes)"
+    subspace_codebook = True
+    count_key, count_flag, bits_flag, unit, codebook = "subspaces", "--pq-subspaces", "--pq-bits", "sub-space", CODEBOOK
+    required_params = ("subspaces", "centroids")
+
+    def settings(self, args) -> tuple[int, int | str]:
+        return args.pq_subspaces, args.pq_bits
+
+    def check(self, n_docs: int, dim: int | None, count: int, bits: int) -> None:
+        check_pq(n_docs, dim, count, bits)
+
+    def quantize(self, x: np.ndarray, count: int, bits: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return pq_codes(x, count, bits, seed)
+
+
+SCHEME = PQScheme()

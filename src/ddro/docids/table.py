@@ -9,8 +9,12 @@ On disk, a docid folder holds::
                     tokenizer (identity), collisions, dedup
 
 Token ids are ids in the *decoder's* vocabulary. `vocab_offset` is the first id of the
-new docid tokens and `add_doc_num` how many new ids they take, so a model that decodes
-this table needs at least `vocab_offset + add_doc_num` output rows (`required_vocab`).
+new docid tokens and `add_doc_num` how many new ids they take after it (ids
+vocab_offset ... vocab_offset + add_doc_num - 1: the scheme's `Built.new_tokens` plus
+dedup's extra tokens; 0 for TU docids, which are tokenizer ids; the key keeps its name
+for the tables already written), so a model that decodes this table needs at least
+`vocab_offset + add_doc_num` output rows (`required_vocab`). `encoding` names the
+scheme (`schemes.py`) that built the table.
 
 Two documents may share a docid (PQ on a small corpus). The table keeps both: `groups`
 maps each distinct docid to its documents in collection order, which is the order in
@@ -25,9 +29,10 @@ from pathlib import Path
 from ..errors import DDROError, InputError
 from ..io import iter_lines
 from ..manifest import MANIFEST, manifest_hash_or_none, read_manifest
+from .scheme import Scheme
+from .schemes import ENCODINGS, get_scheme
 
 TABLE = "docids.tsv"
-ENCODINGS = ("pq", "tu", "atomic")
 
 
 @dataclass
@@ -50,6 +55,10 @@ class DocidTable:
     @property
     def encoding(self) -> str:
         return self.manifest["encoding"]
+
+    @property
+    def scheme(self) -> Scheme:
+        return get_scheme(self.encoding)
 
     @property
     def required_vocab(self) -> int:
@@ -86,6 +95,7 @@ class DocidTable:
         path = folder / TABLE
         doc_ids, tokens, seen = [], [], set()
         limit = manifest["vocab_offset"] + manifest["add_doc_num"]
+        new_ids = bool(manifest["add_doc_num"]) and not get_scheme(manifest["encoding"]).uses_tokenizer_ids
         for lineno, line in iter_lines(path):
             cols = line.split("\t")
             if len(cols) != 2 or not cols[0] or not cols[1]:
@@ -94,7 +104,7 @@ class DocidTable:
                 toks = tuple(int(t) for t in cols[1].split(","))
             except ValueError:
                 raise InputError(path, f"token ids must be integers, got {cols[1]!r}", lineno) from None
-            if min(toks) < 0 or (manifest["add_doc_num"] and manifest["encoding"] != "tu" and max(toks) >= limit):
+            if min(toks) < 0 or (new_ids and max(toks) >= limit):
                 raise InputError(path, f"token id out of range [0, {limit})", lineno)
             if len(toks) > manifest["max_docid_len"]:
                 raise InputError(path, f"docid has {len(toks)} tokens, manifest says at most "

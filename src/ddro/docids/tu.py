@@ -12,6 +12,9 @@ from __future__ import annotations
 import functools
 import re
 
+from ..errors import DDROError
+from .scheme import Built, Scheme
+
 TEXT_WORDS = 64          # words of the body used when a document has neither URL nor title
 _URL_PUNCT = re.compile(r"[-_?=+&#]")
 _URL_SUFFIX = re.compile(r"\.(html?|php|aspx?|jsp)(?=/|$)")
@@ -80,3 +83,33 @@ def dedup_tu(tokens: list[tuple[int, ...]], tokenizer, max_tokens: int) -> tuple
     groups = sum(n > 2 for n in next_number.values())
     return out, {"method": "number suffix before EOS", "groups_resolved": groups,
                  "docs_changed": changed, "extra_tokens": 0}
+
+
+def tu_strings(collection, n_docs: int) -> tuple[list[str], dict]:
+    """Every document's TU string, and how many were named by their URL, title or text."""
+    from tqdm.auto import tqdm
+
+    strings, sources = [], {"url": 0, "title": 0, "text": 0}
+    for doc in tqdm(collection.iter_docs(), total=n_docs, desc="tu", unit="doc", mininterval=2):
+        strings.append(tu_string(doc["title"], doc.get("url"), doc["text"]))
+        sources["url" if doc.get("url") else "title" if doc["title"].strip() else "text"] += 1
+    return strings, sources
+
+
+class TUScheme(Scheme):
+    name = "tu"
+    summary = "title + URL, the tokenizer's own ids ended by EOS"
+    uses_tokenizer_ids = True
+    ends_with_eos = True
+
+    def build(self, args, collection, target, n_docs: int) -> Built:
+        if args.tu_max_tokens < 1:
+            raise DDROError(f"--tu-max-tokens must be >= 1, got {args.tu_max_tokens}")
+        strings, sources = tu_strings(collection, n_docs)
+        tokens = encode_tu(strings, target.tokenizer, args.tu_max_tokens, target.eos_token_id)
+        params = {"max_tokens": args.tu_max_tokens, "named_by": sources}
+        return Built(tokens, 0, params, dedup=functools.partial(
+            dedup_tu, tokenizer=target.tokenizer, max_tokens=args.tu_max_tokens))
+
+
+SCHEME = TUScheme()

@@ -30,6 +30,7 @@ import logging
 import re
 from pathlib import Path
 
+from ..docids.schemes import get_scheme
 from ..docids.table import DocidTable
 from ..errors import DDROError, InputError
 from ..io import iter_jsonl, iter_lines
@@ -54,9 +55,9 @@ def parse_tokens(text: str) -> list[int]:
     return toks
 
 
-def _clean(toks: list[int], tu: bool) -> tuple[int, ...]:
+def _clean(toks: list[int], ends_with_eos: bool) -> tuple[int, ...]:
     core = tuple(t for t in toks if t not in (PAD, EOS))
-    return (*core, EOS) if tu and core else core
+    return (*core, EOS) if ends_with_eos and core else core
 
 
 def guess_encoding(name: str, raw: list[list[int]]) -> str:
@@ -110,7 +111,8 @@ def read_published_docids(path: str | Path) -> DocidTable:
     if not doc_ids:
         raise InputError(path, "no docids")
     encoding = guess_encoding(path.name, raw)
-    tokens = [_clean(t, encoding == "tu") for t in raw]
+    scheme = get_scheme(encoding)
+    tokens = [_clean(t, scheme.ends_with_eos) for t in raw]
     for toks, doc in zip(tokens, doc_ids):
         if not toks:
             raise InputError(path, f"docid of {doc} has only pad/eos tokens", seen[doc])
@@ -119,7 +121,7 @@ def read_published_docids(path: str | Path) -> DocidTable:
         raise InputError(path, f"PQ docids must all have the same length, found lengths {sorted(lengths)[:5]}")
     if encoding == "atomic" and lengths != {1}:
         raise InputError(path, "atomic docids must be single tokens")
-    new = [t for toks in tokens for t in toks] if encoding != "tu" else []
+    new = [t for toks in tokens for t in toks] if not scheme.uses_tokenizer_ids else []
     offset = min(new, default=0)
     add = max(new) + 1 - offset if new else 0
     params = {}
@@ -132,7 +134,7 @@ def read_published_docids(path: str | Path) -> DocidTable:
     table = DocidTable(doc_ids, tokens, path=path)
     table.manifest = {
         "kind": "docids", "encoding": encoding, "params": params, "vocab_offset": offset, "add_doc_num": add,
-        "max_docid_len": max(lengths), "eos_token_id": EOS if encoding == "tu" else None,
+        "max_docid_len": max(lengths), "eos_token_id": EOS if scheme.ends_with_eos else None,
         "collection": None, "tokenizer": None, "target_vocab": "tokenizer",
         "collisions": table.collisions(), "dedup": {"enabled": False, "extra_tokens": 0},
         "source": {"format": "ddro-reference", "file": path.name},
@@ -162,7 +164,7 @@ def read_published_queries(path: str | Path, table: DocidTable | None = None,
     """Published test JSONL -> our eval queries {query_id, input_ids, relevant}, one per query."""
     path = Path(path)
     by_input: dict[tuple[int, ...], dict] = {}
-    tu = table is not None and table.manifest.get("encoding") == "tu"
+    ends_with_eos = table is not None and table.scheme.ends_with_eos
     missing = mismatched = total = 0
     first_mismatch = None
     for lineno, obj in iter_jsonl(path):
@@ -194,7 +196,7 @@ def read_published_queries(path: str | Path, table: DocidTable | None = None,
                 continue
             if doc not in table.by_doc:
                 missing += 1
-            elif code is not None and _clean(toks, tu) != table.by_doc[doc]:
+            elif code is not None and _clean(toks, ends_with_eos) != table.by_doc[doc]:
                 mismatched += 1
                 first_mismatch = first_mismatch or lineno
     queries = list(by_input.values())

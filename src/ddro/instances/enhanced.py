@@ -4,10 +4,11 @@ The paper feeds the other encoding (PQ codes for a TU target, TU for a PQ target
 encoder. Here the encoder only knows its input tokenizer, so the other docid is rendered
 as text and tokenized like any input:
 
-- tu: its tokens are decoded back to text (they are tokenizer ids), e.g. "cerebral white matter";
-- pq: "pq" then the code of each position, e.g. "pq 12 255 3 ..." (code = id - offset - K*m),
-  and a dedup token's index in its group when the table has one;
-- atomic: "atomic" then the document's index, e.g. "atomic 1234".
+- docids of tokenizer ids (tu) are decoded back to text, e.g. "cerebral white matter";
+- docids of new tokens are the scheme's name, then the code of each position
+  (`Scheme.codes`): pq "pq 12 255 3 ..." (code = id - offset - K*m, and a dedup token's index
+  in its group when the table has one; rq alike), semantic "semantic 4 17 2" (cluster numbers, then
+  the leaf index), atomic "atomic 1234" (the document's index).
 """
 from __future__ import annotations
 
@@ -32,16 +33,13 @@ def _tu_decoder(table: DocidTable, input_tokenizer):
 
 def docid_renderer(table: DocidTable, input_tokenizer) -> Callable[[tuple[int, ...]], str]:
     """A function from one docid's token ids (as in `table`) to the text fed to the encoder."""
-    offset = table.manifest.get("vocab_offset", 0)
-    if table.encoding == "tu":
+    scheme = table.scheme
+    if scheme.uses_tokenizer_ids:
         tokenizer = _tu_decoder(table, input_tokenizer)
         return lambda tokens: tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
-    if table.encoding == "pq":
-        params = table.manifest.get("params") or {}
-        if not {"subspaces", "centroids"} <= params.keys():
-            raise DDROError(f"{table.path}: PQ manifest params lack 'subspaces'/'centroids'")
-        positions, codebook = params["subspaces"], params["centroids"]
-        # position m < M holds offset + K*m + code; a dedup token after them, offset + K*M + j
-        return lambda tokens: "pq " + " ".join(str(t - offset - codebook * min(m, positions))
-                                               for m, t in enumerate(tokens))
-    return lambda tokens: "atomic " + " ".join(str(t - offset) for t in tokens)
+    offset = table.manifest.get("vocab_offset", 0)
+    params = table.manifest.get("params") or {}
+    if not set(scheme.required_params) <= params.keys():
+        raise DDROError(f"{table.path}: {scheme.name.upper()} manifest params lack "
+                        + "/".join(f"'{key}'" for key in scheme.required_params))
+    return lambda tokens: f"{scheme.name} " + " ".join(map(str, scheme.codes(tokens, offset, params)))

@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from ..docids.scheme import CODEBOOK, OWN_SPECIALS
 from ..docids.table import DocidTable
 from ..errors import DDROError
 from ..manifest import manifest_hash
@@ -33,7 +34,7 @@ from ..tokenizer import OFFLINE_MINILM, check_tokenizer, load_tokenizer, resolve
 log = logging.getLogger(__name__)
 
 CONSTRUCTIONS = ("t5", "t5-scratch", "minilm-decoder")
-OWN_VOCAB = {"pad": 0, "decoder_start": 1, "eos": 2}
+OWN_VOCAB = OWN_SPECIALS  # minilm-decoder decodes the docid table's own vocabulary (target_vocab own)
 
 # Per-construction defaults for the sizes left unset (None).
 SIZE_DEFAULTS = {
@@ -53,8 +54,8 @@ class ModelArguments:
         "help": "t5: pretrained T5 (Hub name or folder, e.g. t5-base); t5-scratch: the sentencepiece tokenizer "
                 f"folder; minilm-decoder: the encoder (default {OFFLINE_MINILM})"})
     new_head: Optional[bool] = field(default=None, metadata={
-        "help": "T5 constructions: an untied output head; default: yes for PQ/atomic docids, "
-                "no (the tied head) for TU"})
+        "help": "T5 constructions: an untied output head; default: yes for docids of new tokens "
+                "(pq, rq, semantic, atomic), no (the tied head) for docids of tokenizer ids (tu)"})
     hidden_size: Optional[int] = field(default=None, metadata={
         "help": "t5-scratch d_model (256) / decoder hidden size (default: the encoder's)"})
     intermediate_size: Optional[int] = field(default=None, metadata={
@@ -155,7 +156,7 @@ def keep_head_untied(model) -> None:
 
 
 def _new_head(args: ModelArguments, table: DocidTable) -> bool:
-    return args.new_head if args.new_head is not None else table.encoding != "tu"
+    return args.new_head if args.new_head is not None else not table.scheme.uses_tokenizer_ids
 
 
 def _t5_generation(model, tokenizer, table: DocidTable) -> None:
@@ -177,7 +178,7 @@ def build_t5(args: ModelArguments, table: DocidTable) -> BuiltModel:
         model = T5ForConditionalGeneration.from_pretrained(args.model_name_or_path, use_safetensors=True)
     except (OSError, ValueError) as e:
         raise DDROError(f"cannot load T5 {args.model_name_or_path!r}: {e}") from None
-    if table.manifest["add_doc_num"]:  # new docid tokens (PQ/atomic); TU docids are tokenizer ids
+    if table.manifest["add_doc_num"]:  # new docid tokens; TU docids are tokenizer ids
         _grow_t5_vocab(model, max(table.required_vocab, model.config.vocab_size), table.manifest["vocab_offset"])
     new_head = _new_head(args, table)
     if new_head:
@@ -257,9 +258,7 @@ def init_docids_from_codebook(model, table: DocidTable) -> None:
     decoder's input and output spaces begin aligned with the embedding space the docids
     were quantised in. Both the input embedding and an untied output head are set.
     """
-    if table.encoding != "pq":
-        raise DDROError(f"docid_init codebook needs PQ docids; {table.path} has {table.encoding!r} docids")
-    path = table.path / "codebook.npy"
+    path = table.path / CODEBOOK
     if not path.is_file():
         raise DDROError(f"docid_init codebook: {path} is missing (rebuild the docids with this toolkit)")
     import numpy as np
@@ -293,6 +292,16 @@ def check_dense_prior(args: ModelArguments) -> None:
                         f"PQ docids' embedding model), not {args.construction}")
 
 
+def check_codebook_use(args: ModelArguments, table: DocidTable) -> None:
+    """docid_init codebook and the dense prior read PQ's sub-space centroids: refuse both at once, before
+    any model is built, for docids of another scheme."""
+    uses = ["docid_init codebook"] * (args.docid_init == "codebook") + \
+        [f"dense_prior {args.dense_prior}"] * (args.dense_prior != "none")
+    if uses and not table.scheme.subspace_codebook:
+        raise DDROError(f"{' and '.join(uses)}: needs PQ docids (their sub-space centroids); {table.path} has "
+                        f"{table.encoding!r} docids: set docid_init random and dense_prior none")
+
+
 def special_ids(model) -> dict:
     g = model.generation_config
     return {"pad": g.pad_token_id, "decoder_start": g.decoder_start_token_id, "eos": g.eos_token_id}
@@ -307,6 +316,7 @@ def build_model(args: ModelArguments, table: DocidTable, seed: int = 42) -> Buil
     check_dense_prior(args)
     if table.path is None:
         raise DDROError("build_model needs a docid table loaded from (or saved to) a folder")
+    check_codebook_use(args, table)
     set_seed(seed)
     built = BUILDERS[args.construction](args, table)
     if args.docid_init == "codebook":

@@ -38,6 +38,7 @@ from huggingface_hub.dataclasses import strict
 from torch.nn import CrossEntropyLoss
 from transformers import AutoConfig, AutoModelForSeq2SeqLM, EncoderDecoderConfig, EncoderDecoderModel
 
+from ..docids.scheme import CODEBOOK
 from ..docids.table import DocidTable
 from ..errors import DDROError
 from ..io import sha256_file
@@ -45,7 +46,6 @@ from ..tokenizer import resolve_model_path
 
 PRIOR_FORMS = ("none", "ip", "l2")
 MODEL_TYPE = "ddro-dense-prior"
-CODEBOOK = "codebook.npy"  # as written by `ddro docids --encoding pq`
 EXTRA_BIAS = 30.0          # logit of the dedup tokens at position M: e^30 outweighs every other row at 0
 
 
@@ -145,8 +145,9 @@ def _same_model(a: str, b: str) -> bool:
 def load_codebook(table: DocidTable, encoder_name: str, hidden_size: int) -> np.ndarray:
     """The table's (M, K, d/M) codebook, after checking it quantises this encoder's embeddings."""
     where = f"dense_prior: docid table {table.path}"
-    if table.encoding != "pq":
-        raise DDROError(f"{where} has {table.encoding!r} docids; the dense prior needs PQ docids")
+    if not table.scheme.subspace_codebook:
+        raise DDROError(f"{where} has {table.encoding!r} docids; the dense prior needs PQ docids "
+                        "(use dense_prior none)")
     params = table.manifest.get("params") or {}
     embedder = (params.get("embedding") or {}).get("model")
     if not embedder or not _same_model(embedder, encoder_name):
