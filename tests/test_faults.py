@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddro.data.collection import Collection, write_collection
 from ddro.errors import DDROError
 from ddro.eval.evaluate import main as eval_main
 from ddro.io import Journal
@@ -204,16 +203,6 @@ def test_ddro_killed_resumes_with_resume_to_the_uninterrupted_weights(t5_ckpt, t
 
 
 # ----------------------------------------------------------------------------- negatives
-
-@pytest.fixture
-def adi_train(shared_data, tmp_path):
-    """ADI (82 documents, 35 queries) with its judgements as a train split: real BM25 input."""
-    adi = Collection(shared_data / "adi")
-    folder = tmp_path / "adi"
-    write_collection(folder, list(adi.iter_docs()), adi.queries(), {"train": adi.qrels(adi.splits[0])},
-                     source="test")
-    return folder
-
 
 def negatives_argv(coll: Path, out: Path) -> list:
     return ["--collection", coll, "--out", out, "--negatives", 4, "--bands", "1-10,11-30", "--val_fraction", 0.2,
