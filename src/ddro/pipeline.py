@@ -77,7 +77,9 @@ class Stage:
     # stages whose outputs it reads: fixed, or a function of the stage's config (a negatives source
     # that mines with the SFT model reads sft and docids; BM25 does not, so SFT changes leave it be)
     upstream: tuple[str, ...] | Callable[[dict], tuple[str, ...]]
-    paths: Callable[[Path, "PipelineArguments", dict], dict]  # arguments that chain the stages
+    # arguments that chain the stages; None marks an input this configuration does not use: left out of
+    # the stage's config, yet never settable by a preset (`check_preset_paths` sees every key)
+    paths: Callable[[Path, "PipelineArguments", dict], dict]
 
     def upstream_of(self, config: dict) -> tuple[str, ...]:
         return self.upstream(config) if callable(self.upstream) else self.upstream
@@ -127,7 +129,7 @@ def negatives_paths(out: Path, args: PipelineArguments, preset: dict) -> dict:
     """The negatives stage's inputs. Pseudo-queries where the collection has no train queries (or the section
     asks for them); the SFT checkpoint and its docids where a model source mines, queried as phase 2
     queries (the ddro section's encoding); a dense source reads the docids' embeddings as the dense stage
-    does. Unused inputs are None, so that a preset can never set them (`check_preset_paths`)."""
+    does. Unused inputs are None (see Stage.paths)."""
     section = preset.get("negatives", {})
     sources = negatives_sources(section)
     paths = {"collection": str(out / "collection"), "pseudo_queries": None, "checkpoint": None, "docids": None}
@@ -245,7 +247,8 @@ def check_split(out: Path, split: str) -> None:
 
 def stage_config(out: Path, args: PipelineArguments, preset: dict, stage: Stage) -> dict:
     section = {} if stage.name.startswith("eval_") else preset.get(stage.name, {})
-    return {**section, **stage.paths(out, args, preset), stage.out_key: str(stage_folder(out, stage))}
+    paths = {k: v for k, v in stage.paths(out, args, preset).items() if v is not None}
+    return {**section, **paths, stage.out_key: str(stage_folder(out, stage))}
 
 
 def output_hash(out: Path, stage: Stage) -> str | None:
