@@ -386,6 +386,7 @@ def test_dense_source_mines_the_dense_baselines_ranking(adi_train, tmp_path):
     ({"source": "model", "checkpoint": "{tmp}", "docids": "{tmp}"}, "not a docid folder"),
     ({"source": "model", "checkpoint": "ckpt", "docids": "d", "beams": 20}, "--beams 20 returns fewer"),
     ({"checkpoint": "ckpt"}, "--checkpoint is only used by the model source"),
+    ({"source": "dense", "beams": 30}, "--beams is only used by the model source"),
     ({"source": "mixed"}, "--source mixed needs --mix"),
     ({"mix": "bm25:0.5,model:0.5"}, "--mix is only used with --source mixed"),
     ({"source": "mixed", "mix": "bm25:0.5;model:0.5"}, "not 'source:share'"),

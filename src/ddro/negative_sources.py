@@ -14,14 +14,11 @@ A new source is one class added to SOURCES.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from .data.collection import Collection
 from .errors import DDROError
 from .manifest import manifest_hash, manifest_hash_or_none, read_manifest
-
-log = logging.getLogger(__name__)
 
 
 class Source:
@@ -69,7 +66,7 @@ class ModelSource(Source):
     queries encoded as phase 2 and the SFT instances encode them; colliding documents of a docid
     come in the evaluator's order. A chunk is small: beam search is slow, and a kill loses one chunk."""
     chunk = 256
-    uses = ("checkpoint", "docids")
+    uses = ("checkpoint", "docids", "beams")
 
     @classmethod
     def check(cls, args, collection, k):
