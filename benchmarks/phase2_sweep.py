@@ -58,7 +58,12 @@ log = logging.getLogger("phase2_sweep")
 
 SECTIONS = ("negatives", "ddro")
 CHAINED = {"negatives": {"out"}, "ddro": {"output_dir", "negatives"}}  # the sweep sets these
-MODEL_SOURCES = ("model", "mixed")  # negatives mined with the SFT model need its checkpoint and docids
+
+
+def uses_model(negatives: dict) -> bool:
+    """Negatives mined with the SFT model (alone or in a mix) need its checkpoint and docids."""
+    source = negatives.get("source")
+    return source == "model" or (source == "mixed" and "model" in str(negatives.get("mix", "")))
 MODULES = {"negatives": "ddro.negatives", "ddro": "ddro.train.ddro", "eval": "ddro.eval.evaluate"}
 METRICS = ("MRR@10", "nDCG@10", "R@1", "R@10")
 TESTED = ("MRR@10", "nDCG@10")  # metrics with a paired t-test against SFT
@@ -175,7 +180,7 @@ def point_configs(out: Path, base: dict[str, dict], settings: dict[str, Any], sp
     and the sweep's output folders."""
     mined = section(settings, "negatives")
     negatives = {**base["negatives"], **mined}
-    if negatives.get("source") in MODEL_SOURCES:
+    if uses_model(negatives):
         negatives.setdefault("checkpoint", str(out / "sft"))
         negatives.setdefault("docids", str(out / "docids"))
     negatives["out"] = str(out / "sweep" / "negatives" / settings_name(mined))

@@ -38,6 +38,12 @@ fetch() {  # fetch URL DEST: skip when DEST exists, else download to DEST.part a
 #   PYTHON      python                              the interpreter with ddro installed
 #   DRY_RUN     0                                   1: print the commands, run nothing (stage
 #                                                   config files are still written)
+#   NEGATIVES_SOURCE, NEGATIVES_MIX  the config's      `ddro negatives --source/--mix`: bm25 (the paper),
+#               negatives section, else bm25        model, dense, mixed. Negatives mined with the model
+#                                                   belong to one setting: $OUT/negatives ($DATA/negatives
+#                                                   otherwise, shared by the encodings)
+#   NEGATIVES_FROM  collection                      training queries: collection, pseudo, both
+#   PSEUDO_SHARE    (unset)                         with NEGATIVES_FROM=both: `--pseudo_share`
 # ---------------------------------------------------------------------------
 
 SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -159,4 +165,47 @@ other_encoding() {  # sets OTHER: the encoding whose docids feed stage 1's "enha
   if [[ -n $OTHER && ( " ${ENCODINGS[*]} " != *" $OTHER "* || $OTHER == "$ENCODING" ) ]]; then
     usage "OTHER_ENCODING must be another encoding than $ENCODING (or empty), got '$OTHER'"
   fi
+}
+
+negatives_setting() {  # sets NEG_SOURCE, NEG_MODEL / NEG_DENSE (1 when that source mines, else "") and
+  # NEGATIVES, the negatives folder; the source and mix: NEGATIVES_SOURCE / NEGATIVES_MIX, else $CONFIG's
+  local config
+  config=$("${PYTHON:-python}" - "$CONFIG" <<'PY' || exit 2
+import sys
+from ddro.errors import DDROError
+from ddro.pipeline import load_preset
+try:
+    section = load_preset(sys.argv[1]).get("negatives", {})
+except DDROError as e:
+    sys.exit(f"error: {e}")
+print(section.get("source", "bm25"), section.get("mix") or "")
+PY
+  )
+  NEG_SOURCE=${NEGATIVES_SOURCE:-${config%% *}}
+  local mix=${NEGATIVES_MIX:-${config#* }} used
+  case $NEG_SOURCE in
+    bm25|model|dense) used=$NEG_SOURCE ;;
+    mixed) used=$(tr ',' '\n' <<< "$mix" | cut -d: -f1 | tr '\n' ' ') ;;
+    *) usage "NEGATIVES_SOURCE must be bm25, model, dense or mixed, got '$NEG_SOURCE'" ;;
+  esac
+  NEG_MODEL="" NEG_DENSE=""
+  [[ " $used " == *" model "* ]] && NEG_MODEL=1
+  [[ " $used " == *" dense "* ]] && NEG_DENSE=1
+  NEGATIVES=$DATA/negatives
+  if [[ -n $NEG_MODEL ]]; then NEGATIVES=$OUT/negatives; fi
+}
+
+merge_configs() {  # merge_configs FILE CONFIG...: the CONFIGs' keys (later ones win) as JSON in FILE; print FILE
+  "${PYTHON:-python}" - "$@" <<'PY' || exit 2
+import json, sys
+file, *parts = sys.argv[1:]
+merged = {}
+for part in parts:
+    with open(part, encoding="utf-8") as f:
+        merged.update(json.load(f))
+with open(file, "w", encoding="utf-8") as f:
+    json.dump(merged, f, indent=2, sort_keys=True)
+    f.write("\n")
+PY
+  echo "$1"
 }

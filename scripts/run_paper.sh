@@ -15,6 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 setting required "$@"
 no_extra_args
 other_encoding
+negatives_setting
 
 step() {  # step NAME FOLDER MARKER LAUNCHER [ARGS...]: run the launcher unless FOLDER/MARKER exists
   local name=$1 folder=$2 marker=$3
@@ -43,7 +44,7 @@ step instances "$OUT/instances" manifest.json "$S/data/instances.sh" "${SETTING[
 step sft "$OUT/sft" final.json "$S/sft/train_sft.sh" "${SETTING[@]}"
 step bm25 "$DATA/bm25-$SPLIT" manifest.json "$S/bm25/bm25.sh" "${SETTING[@]}"
 step "eval sft" "$OUT/eval/sft-$SPLIT" manifest.json "$S/eval/eval.sh" "${SETTING[@]}" sft
-step negatives "$DATA/negatives" manifest.json "$S/ddro/negatives.sh" "${SETTING[@]}"
+step negatives "$NEGATIVES" manifest.json "$S/ddro/negatives.sh" "${SETTING[@]}"
 step ddro "$OUT/ddro" manifest.json "$S/ddro/train_ddro.sh" "${SETTING[@]}"
 step "eval ddro" "$OUT/eval/ddro-$SPLIT" manifest.json "$S/eval/eval.sh" "${SETTING[@]}" ddro
 echo "== done: $DATA/bm25-$SPLIT/metrics.json, $OUT/eval/{sft,ddro}-$SPLIT/metrics.json" >&2

@@ -14,6 +14,18 @@ def shared_data() -> Path:
     return SHARED
 
 
+@pytest.fixture
+def adi_train(shared_data, tmp_path):
+    """ADI (82 documents, 35 queries) with its judgements as a train split: real input for mining negatives."""
+    from ddro.data.collection import Collection, write_collection
+
+    adi = Collection(shared_data / "adi")
+    folder = tmp_path / "adi"
+    write_collection(folder, list(adi.iter_docs()), adi.queries(), {"train": adi.qrels(adi.splits[0])},
+                     source="test")
+    return folder
+
+
 # The whole pipeline in about a minute (adi, tiny model): built once per session by
 # `pipeline_out` for test_pipeline.py, test_verify.py and test_report.py. Tests that
 # change files work on a copy.

@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddro.data.collection import Collection, write_collection
 from ddro.errors import DDROError
 from ddro.eval.evaluate import main as eval_main
 from ddro.io import Journal
@@ -205,16 +204,6 @@ def test_ddro_killed_resumes_with_resume_to_the_uninterrupted_weights(t5_ckpt, t
 
 # ----------------------------------------------------------------------------- negatives
 
-@pytest.fixture
-def adi_train(shared_data, tmp_path):
-    """ADI (82 documents, 35 queries) with its judgements as a train split: real BM25 input."""
-    adi = Collection(shared_data / "adi")
-    folder = tmp_path / "adi"
-    write_collection(folder, list(adi.iter_docs()), adi.queries(), {"train": adi.qrels(adi.splits[0])},
-                     source="test")
-    return folder
-
-
 def negatives_argv(coll: Path, out: Path) -> list:
     return ["--collection", coll, "--out", out, "--negatives", 4, "--bands", "1-10,11-30", "--val_fraction", 0.2,
             "--threads", 1]
@@ -233,6 +222,28 @@ def test_negatives_killed_mid_chunk_resume_to_identical_files(adi_train, tmp_pat
     ok(stage("ddro.negatives", negatives_argv(adi_train, tmp_path / "straight"), patch=small_chunks))
     same_outputs(out, tmp_path / "straight")
     assert read_manifest(out)["counts"]["pairs"] == len((out / "pairs.tsv").read_text().splitlines())
+
+
+def test_model_negatives_killed_mid_chunk_resume_to_identical_files(t5_ckpt, tmp_path):
+    """The model source (beam search with a checkpoint) commits its own, smaller chunks: a kill loses one."""
+    from test_negatives import model_collection
+
+    ckpt, table = t5_ckpt
+    coll, _, _ = model_collection(tmp_path)  # 8 training queries
+
+    def argv(out):
+        return ["--collection", coll, "--out", tmp_path / out, "--source", "model", "--checkpoint", ckpt,
+                "--docids", table.path, "--bands", "1-2,3-5", "--negatives", 3, "--val_fraction", 0.25,
+                "--batch_size", 2, "--device", "cpu"]
+
+    small_chunks = "SOURCES['model'].chunk = 2"  # 4 resumable chunks
+    killed(stage("ddro.negatives", argv("neg"), fault="journal:3", patch=small_chunks))
+    assert not (tmp_path / "neg").exists() and not leftovers(tmp_path)
+    assert json.loads((tmp_path / ".neg.partial" / "state.json").read_text())["done"] == 2
+    assert "after 2 of 4 chunks" in ok(stage("ddro.negatives", argv("neg"), patch=small_chunks))
+    ok(stage("ddro.negatives", argv("straight"), patch=small_chunks))
+    same_outputs(tmp_path / "neg", tmp_path / "straight")
+    assert read_manifest(tmp_path / "neg")["params"]["sources"]["model"]["decoding"]["beams"] == 5
 
 
 def test_a_partial_run_with_other_settings_is_refused_not_mixed_in(adi_train, tmp_path):

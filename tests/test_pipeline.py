@@ -251,3 +251,84 @@ def test_split_missing_from_the_collection_fails_before_training(shared_data, tm
         run_pipeline(args)
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == ["collection", "configs"]
     assert not (tmp_path / "out" / "configs" / "docids.json").exists()  # no stage after the collection ran
+
+
+# ----------------------------------------------------------------------------- negatives mined with the model
+
+def negatives_stage():
+    from ddro.pipeline import STAGES
+
+    return next(s for s in STAGES if s.name == "negatives")
+
+
+def test_negatives_sources_choose_the_stages_inputs_and_upstream(tmp_path):
+    from ddro.errors import DDROError
+    from ddro.pipeline import PipelineArguments, check_preset_paths, check_stage_arguments, load_preset, stage_config
+
+    out, stage = tmp_path / "out", negatives_stage()
+    args = PipelineArguments(collection=str(tmp_path), output=str(out), preset="tiny")
+    bm25 = stage_config(out, args, {"negatives": {"bands": "1-10"}}, stage)
+    assert "checkpoint" not in bm25 and "docids" not in bm25  # unused inputs stay out of the config
+    assert stage.upstream_of(bm25) == ("collection", "pseudo_queries")  # SFT changes leave BM25 negatives be
+    for section in ({"source": "model", "bands": "1-10"}, {"source": "mixed", "mix": "bm25:0.5,model:0.5"}):
+        config = stage_config(out, args, {"negatives": section, "ddro": {"lowercase": False}}, stage)
+        assert (config["checkpoint"], config["docids"]) == (str(out / "sft"), str(out / "docids"))
+        assert config["lowercase"] is False  # queries encoded as phase 2 encodes them
+        assert {"sft", "docids"} <= set(stage.upstream_of(config))
+    dense = stage_config(out, args, {"negatives": {"source": "dense"},
+                                     "docids": {"embedder": "offline:minilm", "embed_max_length": 32}}, stage)
+    assert (dense["embedder"], dense["embed_max_length"], "checkpoint" in dense) == ("offline:minilm", 32, False)
+    for key in ("checkpoint", "docids"):  # never set by a preset, whatever the source
+        for source in ("bm25", "model"):
+            with pytest.raises(DDROError, match=f"section 'negatives' sets '{key}'"):
+                check_preset_paths({"negatives": {"source": source, key: str(tmp_path)}}, out, args, "p")
+    preset = load_preset("tiny")
+    preset["negatives"] = {**preset["negatives"], "source": "model", "bands": "1-10"}
+    check_stage_arguments(out, args, preset)
+
+
+def test_negatives_mined_with_the_model_are_rebuilt_when_sft_changes(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from ddro import pipeline
+
+    stage, args = negatives_stage(), pipeline.PipelineArguments(collection=str(tmp_path), output=str(tmp_path))
+    calls = []
+
+    def main(argv):
+        calls.append(argv)
+        (tmp_path / "negatives").mkdir(exist_ok=True)
+        (tmp_path / "negatives" / "manifest.json").write_text(str(len(calls)))
+
+    monkeypatch.setattr(pipeline.importlib, "import_module", lambda name: SimpleNamespace(main=main))
+    for source, rebuilt in (("bm25", False), ("model", True)):
+        state = {"sft": {"output": "sft-1"}, "docids": {"output": "docids-1"}}
+        config = pipeline.stage_config(tmp_path, args, {"negatives": {"source": source}}, stage)
+        pipeline.run_stage(tmp_path, stage, config, state)
+        built = len(calls)
+        state["sft"]["output"] = "sft-2"  # SFT trained again
+        pipeline.run_stage(tmp_path, stage, config, state)
+        assert (len(calls) > built) == rebuilt, source
+
+
+def test_model_negatives_run_as_the_pipeline_configures_them(pipeline_out, tmp_path):
+    """The negatives stage of a preset with `negatives: {source: model, bands: 1-10}`, on the micro pipeline's SFT
+    checkpoint (its other stages as built): pairs from the checkpoint's beams, its identity recorded."""
+    import json
+
+    from conftest import MICRO
+    from ddro.manifest import manifest_hash
+    from ddro.modeling.checkpoint import resolve_checkpoint
+    from ddro.negatives import main as negatives_main
+    from ddro.pipeline import stage_config
+
+    args, out = pipeline_out
+    preset = {**MICRO, "negatives": {**MICRO["negatives"], "source": "model", "bands": "1-10", "max_queries": 16}}
+    config = {**stage_config(out, args, preset, negatives_stage()), "out": str(tmp_path / "neg")}
+    (tmp_path / "negatives.json").write_text(json.dumps(config))
+    negatives_main(["--config", str(tmp_path / "negatives.json"), "--device", "cpu"])
+    manifest = json.loads((tmp_path / "neg" / "manifest.json").read_text())
+    assert manifest["inputs"]["checkpoint"] == manifest_hash(resolve_checkpoint(out / "sft"))
+    assert manifest["inputs"]["docids"] == manifest_hash(out / "docids")
+    assert manifest["params"]["sources"]["model"]["decoding"]["beams"] == 10
+    assert manifest["counts"]["pairs"] + manifest["counts"]["val_pairs"] > 0

@@ -35,7 +35,7 @@ LAUNCHERS = {
     "eval/eval.sh": ["sft"], "eval/eval_published.sh": [],
 }
 ENV_KNOBS = ("ROOT", "DATA", "OUT", "COLLECTION", "CONFIG", "SPLIT", "NPROC", "OTHER_ENCODING", "DRY_RUN",
-             "NEGATIVES_FROM", "CHECKPOINT", "RAW_DIR", "SHARDS", "SBATCH_ARGS", "VENV", "DATASET", "NAME",
+             "NEGATIVES_FROM", "NEGATIVES_SOURCE", "NEGATIVES_MIX", "PSEUDO_SHARE", "CHECKPOINT", "RAW_DIR", "SHARDS", "SBATCH_ARGS", "VENV", "DATASET", "NAME",
              "ENCODING", "MODEL", "PYTHON")
 
 
@@ -211,6 +211,44 @@ def test_dense_launcher_reads_the_embedding_cache_the_docids_fill(tmp_path):
     (dense,) = printed(shell(SCRIPTS / "dense/dense.sh", "nq", "pq", root=tmp_path))
     (docids,) = printed(shell(SCRIPTS / "data/docids.sh", "nq", "pq", root=tmp_path))
     assert key(parse_command(dense)[1]) == key(parse_command(docids)[1])
+
+
+def test_negatives_launcher_passes_the_source_and_query_options(tmp_path):
+    """BM25 (the config's default) to $DATA; a source mining with the model reads this setting's SFT
+    checkpoint and docids and writes $OUT/negatives, which the DDRO launcher then reads; a dense source
+    reads the docids' embedding cache entry."""
+    from ddro.docids.embed import cache_key
+
+    (cmd,) = printed(shell(SCRIPTS / "ddro/negatives.sh", "nq", "pq", root=tmp_path))
+    args = parse_command(cmd)[1]
+    assert (args["source"], args["checkpoint"], args["out"]) == ("bm25", None, f"{tmp_path}/nq/negatives")
+    env = dict(NEGATIVES_SOURCE="mixed", NEGATIVES_MIX="bm25:0.5,dense:0.25,model:0.25", NEGATIVES_FROM="both",
+               PSEUDO_SHARE="0.3")
+    (cmd,) = printed(shell(SCRIPTS / "ddro/negatives.sh", "nq", "pq", root=tmp_path, **env))
+    args = parse_command(cmd)[1]
+    assert (args["source"], args["mix"], args["queries"], args["pseudo_share"]) == \
+        ("mixed", env["NEGATIVES_MIX"], "both", 0.3)
+    assert args["pseudo_queries"] == f"{tmp_path}/nq/pseudo_queries"
+    assert (args["checkpoint"], args["docids"], args["out"]) == \
+        (f"{tmp_path}/nq-pq/sft", f"{tmp_path}/nq/docids-pq", f"{tmp_path}/nq-pq/negatives")
+    (docids,) = printed(shell(SCRIPTS / "data/docids.sh", "nq", "pq", root=tmp_path))
+    docids = parse_command(docids)[1]
+    assert (cache_key(args["embedder"], "h", args["embed_fields"], args["embed_max_length"] or None),
+            args["embed_cache"]) == (cache_key(docids["embedder"], "h", docids["embed_fields"],
+                                               docids["embed_max_length"] or None), docids["embed_cache"])
+    (cmd,) = printed(shell(SCRIPTS / "ddro/train_ddro.sh", "nq", "pq", root=tmp_path, NEGATIVES_SOURCE="model"))
+    assert parse_command(cmd)[1]["negatives"] == f"{tmp_path}/nq-pq/negatives"
+    for bad in (dict(NEGATIVES_SOURCE="lexical"), dict(NEGATIVES_FROM="dev")):
+        refused = shell(SCRIPTS / "ddro/negatives.sh", "nq", "pq", root=tmp_path, **bad)
+        assert refused.returncode == 2 and "usage:" in refused.stderr and not refused.stdout
+
+
+def test_run_paper_mines_model_negatives_after_sft(tmp_path):
+    s = chain(tmp_path, "nq", "pq", NEGATIVES_SOURCE="model")
+    neg, sft, ddro_ = s["ddro.negatives"], s["ddro.train.sft"], s["ddro.train.ddro"]
+    assert (neg["source"], neg["checkpoint"], neg["docids"]) == ("model", sft["output_dir"], ddro_["docids"])
+    assert ddro_["negatives"] == neg["out"] == f"{tmp_path}/nq-pq/negatives"
+    assert list(s).index("ddro.negatives") > list(s).index("ddro.train.sft")
 
 
 @pytest.mark.parametrize("dataset,encoding", SETTINGS)
@@ -459,6 +497,18 @@ def test_submit_paper_chains_jobs_with_afterok(tmp_path):
     pq_docids = next(j for j in by_stage["docids"] if jobs[j]["export"]["ENCODING"] == "pq")
     assert embed in jobs[pq_docids]["deps"]
     assert all(j["export"]["DATASET"] == "nq" for j in jobs.values())
+
+
+def test_submit_paper_runs_model_negatives_after_sft_on_a_gpu(tmp_path):
+    jobs = submitted(tmp_path, "nq", "pq", SHARDS="1", NEGATIVES_SOURCE="model", NEGATIVES_FROM="both")
+    (negatives,) = [j for j, job in jobs.items() if job["stage"] == "negatives"]
+    assert {"sft", "pseudo_queries", "collection"} <= upstream(jobs, negatives)
+    assert jobs[negatives]["options"]["gres"] == "gpu:1"
+    (ddro_,) = [j for j, job in jobs.items() if job["stage"] == "ddro"]
+    assert negatives in jobs[ddro_]["deps"]
+    bm25_jobs = submitted(tmp_path / "b", "nq", "pq", SHARDS="1")
+    (negatives,) = [j for j, job in bm25_jobs.items() if job["stage"] == "negatives"]
+    assert "sft" not in upstream(bm25_jobs, negatives) and "gres" not in bm25_jobs[negatives]["options"]
 
 
 def test_submit_paper_leaves_out_finished_stages(tmp_path):

@@ -6,6 +6,8 @@
 #   collection -> pseudo-queries (array of SHARDS tasks)
 #              -> instances -> SFT (torchrun, NPROC GPUs) -> eval SFT (array)
 #   collection -> BM25;  collection -> negatives;  SFT + negatives -> DDRO (torchrun) -> eval DDRO (array)
+#   (negatives mined with the model, NEGATIVES_SOURCE or the config: after SFT, on one GPU; from
+#   pseudo-queries, NEGATIVES_FROM pseudo or both: after them)
 # In an array, each task writes its shard and the task that completes the set merges them into
 # the output, so the next job depends on the whole array (afterok on an array waits for every task).
 # Usage: scripts/slurm/submit_paper.sh DATASET [NAME] ENCODING     (from any directory)
@@ -18,6 +20,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 setting required "$@"
 no_extra_args
 other_encoding
+negatives_setting
 cd "$REPO_DIR"  # the jobs find the repository through their submission directory
 mkdir -p logs
 
@@ -79,8 +82,11 @@ stage_done "$OUT/sft" final.json ||
 stage_done "$DATA/bm25-$SPLIT" manifest.json || submit bm25 "$collection" --export="$enc" $S/bm25.sbatch
 stage_done "$OUT/eval/sft-$SPLIT" manifest.json ||
   sharded eval_sft "$sft" --export="$enc,MODEL=sft" $S/eval.sbatch
-stage_done "$DATA/negatives" manifest.json ||
-  submit negatives "$collection" --export="$enc" $S/negatives.sbatch
+negatives_deps=$collection negatives_gpu=()
+case ${NEGATIVES_FROM:-collection} in pseudo|both) negatives_deps+=" $pseudo" ;; esac
+if [[ -n $NEG_MODEL ]]; then negatives_deps+=" $sft" negatives_gpu=(--gres=gpu:1); fi
+stage_done "$NEGATIVES" manifest.json ||
+  submit negatives "$negatives_deps" "${negatives_gpu[@]}" --export="$enc" $S/negatives.sbatch
 stage_done "$OUT/ddro" manifest.json ||
   submit ddro "$sft $negatives" --gres="gpu:$NPROC" --export="$enc,NPROC=$NPROC" $S/ddro.sbatch
 stage_done "$OUT/eval/ddro-$SPLIT" manifest.json ||

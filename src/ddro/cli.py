@@ -21,7 +21,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("instances", "ddro.instances", "build the three SFT stages' training files and the eval files"),
     ("model init", "ddro.modeling.init", "write a constructed model before any training (e.g. the dense prior alone)"),
     ("train sft", "ddro.train.sft", "phase 1: three-stage supervised fine-tuning (doc, pseudo-query, query -> docid)"),
-    ("negatives", "ddro.negatives", "phase 2 data: BM25 hard negatives sampled from rank bands"),
+    ("negatives", "ddro.negatives", "phase 2 data: hard negatives (BM25, the model, dense, mixed) from rank bands"),
     ("train ddro", "ddro.train.ddro", "phase 2: direct document relevance optimisation (pairwise loss; rpo, listwise)"),
     ("eval", "ddro.eval.evaluate", "trie-constrained beam search on a split: TREC run + metrics"),
     ("rescore", "ddro.eval.rescore", "re-score a run's docids by teacher forcing: report ranking inversions"),

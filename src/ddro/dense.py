@@ -51,23 +51,42 @@ class DenseArguments:
     overwrite: bool = field(default=False, metadata={"help": "replace an existing --out"})
 
 
-def encode_queries(texts: list[str], args: DenseArguments) -> np.ndarray:
-    """(n, dim) float32 unit vectors of the queries, in order."""
+def query_encoder(embedder: str, device: str | None, max_length: int):
+    """The sentence-transformers model that embeds queries, reading at most `max_length` tokens."""
     from .docids.embed import load_embedder
 
-    model = load_embedder(args.embedder, device_for_rank(args.device))
-    model.max_seq_length = args.query_max_length
-    return model.encode(texts, batch_size=args.embed_batch_size, normalize_embeddings=True,
-                        convert_to_numpy=True, show_progress_bar=True).astype(np.float32)
+    model = load_embedder(embedder, device_for_rank(device))
+    model.max_seq_length = max_length
+    return model
 
 
-def search(doc_vectors: np.ndarray, query_vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, document rows) of the k highest inner products per query: exact, by faiss."""
+def encode_queries(model, texts: list[str], batch_size: int, progress: bool = True) -> np.ndarray:
+    """(n, dim) float32 unit vectors of the queries, in order."""
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                        show_progress_bar=progress).astype(np.float32)
+
+
+def flat_index(doc_vectors: np.ndarray):
+    """An exact inner-product index (faiss `IndexFlatIP`) of the document vectors."""
     import faiss
 
     index = faiss.IndexFlatIP(doc_vectors.shape[1])
     index.add(np.ascontiguousarray(doc_vectors, dtype=np.float32))
-    return index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(doc_vectors)))
+    return index
+
+
+def search(index, query_vectors: np.ndarray, qids: list[str], doc_ids: list[str],
+           k: int) -> dict[str, list[tuple[str, float]]]:
+    """The k highest inner products per query, best first: {qid: [(doc id, score), ...]}."""
+    scores, rows = index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, index.ntotal))
+    return {qid: [(doc_ids[r], float(s)) for r, s in zip(rows[i], scores[i]) if r >= 0]
+            for i, qid in enumerate(qids)}
+
+
+def require_manifest(collection: Collection) -> None:
+    if not (collection.path / MANIFEST).is_file():  # the embedding cache key reads corpus.jsonl's hash from it
+        raise DDROError(f"{collection.path}: no {MANIFEST}; import it first: "
+                        f"ddro data beir --path {collection.path} --out DIR")
 
 
 def check_args(args: DenseArguments) -> None:
@@ -85,20 +104,17 @@ def run(args: DenseArguments) -> dict:
     check_args(args)
     check_output(args.out, args.overwrite)
     collection = Collection(args.collection)
-    if not (collection.path / MANIFEST).is_file():  # the embedding cache key reads corpus.jsonl's hash from it
-        raise DDROError(f"{collection.path}: no {MANIFEST}; import it first: "
-                        f"ddro data beir --path {collection.path} --out DIR")
+    require_manifest(collection)
     qrels = collection.qrels(args.split)
     all_queries = collection.queries()
     qids = sorted(qrels)  # read_qrels has checked every id is known
     doc_vectors, embedding = embed_collection(
         collection, args.embedder, args.embed_fields, args.embed_cache, max_length=args.embed_max_length or None,
         batch_size=args.embed_batch_size, device=args.device)
-    query_vectors = encode_queries([all_queries[q] for q in qids], args)
-    scores, rows = search(doc_vectors, query_vectors, args.k)
+    model = query_encoder(args.embedder, args.device, args.query_max_length)
+    query_vectors = encode_queries(model, [all_queries[q] for q in qids], args.embed_batch_size)
     doc_ids = collection.doc_ids()
-    hits = {qid: [(doc_ids[r], float(s)) for r, s in zip(rows[i], scores[i]) if r >= 0]
-            for i, qid in enumerate(qids)}
+    hits = search(flat_index(doc_vectors), query_vectors, qids, doc_ids, args.k)
     with atomic_dir(args.out, args.overwrite) as tmp:
         metrics, _ = write_run_folder(tmp, hits, qrels, args.tag, depth=args.k)
         manifest = write_manifest(

@@ -11,7 +11,7 @@ otherwise it is rebuilt, and everything downstream of it with it.
 
     OUT/collection/   imported collection          OUT/bm25/         BM25 run + metrics
     OUT/docids/       docid table                  OUT/eval/sft/     SFT run + metrics
-    OUT/dense/        dense run + metrics          OUT/negatives/    BM25 hard negatives
+    OUT/dense/        dense run + metrics          OUT/negatives/    hard negatives (BM25 by default)
     OUT/pseudo_queries/                            OUT/ddro/         DDRO checkpoint
     OUT/instances/    SFT training + eval files    OUT/eval/ddro/    DDRO run + metrics
     OUT/sft/          stage checkpoints
@@ -74,8 +74,15 @@ class Stage:
     module: str          # its entry point
     out_key: str         # the argument naming its output
     done_file: str       # written last: the output is complete when it exists
-    upstream: tuple[str, ...]
-    paths: Callable[[Path, "PipelineArguments", dict], dict]  # arguments that chain the stages
+    # stages whose outputs it reads: fixed, or a function of the stage's config (a negatives source
+    # that mines with the SFT model reads sft and docids; BM25 does not, so SFT changes leave it be)
+    upstream: tuple[str, ...] | Callable[[dict], tuple[str, ...]]
+    # arguments that chain the stages; None marks an input this configuration does not use: left out of
+    # the stage's config, yet never settable by a preset (`check_preset_paths` sees every key)
+    paths: Callable[[Path, "PipelineArguments", dict], dict]
+
+    def upstream_of(self, config: dict) -> tuple[str, ...]:
+        return self.upstream(config) if callable(self.upstream) else self.upstream
 
 
 def _collection_source(args: PipelineArguments) -> dict:
@@ -110,6 +117,35 @@ def docid_embedding(preset: dict) -> dict:
     return {**settings, "embed_max_length": docids.get("embed_max_length") or 0}  # 0: the model's own, as unset
 
 
+def negatives_sources(section: dict) -> set[str]:
+    """The sources a negatives section mines with (--source, or the names in --mix)."""
+    source = section.get("source", "bm25")
+    if source != "mixed":
+        return {source}
+    return {part.split(":")[0].strip() for part in str(section.get("mix") or "").split(",")}
+
+
+def negatives_paths(out: Path, args: PipelineArguments, preset: dict) -> dict:
+    """The negatives stage's inputs. Pseudo-queries where the collection has no train queries (or the section
+    asks for them); the SFT checkpoint and its docids where a model source mines, queried as phase 2
+    queries (the ddro section's encoding); a dense source reads the docids' embeddings as the dense stage
+    does. Unused inputs are None (see Stage.paths)."""
+    section = preset.get("negatives", {})
+    sources = negatives_sources(section)
+    paths = {"collection": str(out / "collection"), "pseudo_queries": None, "checkpoint": None, "docids": None}
+    if not _has_train(out):
+        paths.update(queries="pseudo", pseudo_queries=str(out / "pseudo_queries"))
+    elif section.get("queries") in ("pseudo", "both"):
+        paths["pseudo_queries"] = str(out / "pseudo_queries")
+    defaults = {}  # what the section leaves unset is taken over from the stages these sources follow
+    if "model" in sources:
+        paths.update(checkpoint=str(out / "sft"), docids=str(out / "docids"))
+        defaults.update({k: v for k, v in preset.get("ddro", {}).items() if k in ("lowercase", "query_max_length")})
+    if "dense" in sources:
+        defaults.update(docid_embedding(preset))
+    return {**{k: v for k, v in defaults.items() if k not in section}, **paths}
+
+
 STAGES = [
     Stage("collection", "ddro.data.beir", "out", "manifest.json", (),
           lambda out, args, preset: _collection_source(args)),
@@ -131,9 +167,9 @@ STAGES = [
           lambda out, args, preset: {**preset.get("eval", {}), "model": str(out / "sft"),
                                      "docids": str(out / "docids"), "instances": str(out / "instances"),
                                      "split": args.split, "tag": "sft"}),
-    Stage("negatives", "ddro.negatives", "out", "manifest.json", ("collection", "pseudo_queries"),
-          lambda out, args, preset: {"collection": str(out / "collection"), **(
-              {} if _has_train(out) else {"queries": "pseudo", "pseudo_queries": str(out / "pseudo_queries")})}),
+    Stage("negatives", "ddro.negatives", "out", "manifest.json",
+          lambda config: ("collection", "pseudo_queries", *(("sft", "docids") if config.get("checkpoint") else ())),
+          negatives_paths),
     Stage("ddro", "ddro.train.ddro", "output_dir", "manifest.json", ("sft", "docids", "negatives"),
           lambda out, args, preset: {"checkpoint": str(out / "sft"), "docids": str(out / "docids"),
                                      "negatives": str(out / "negatives")}),
@@ -211,7 +247,8 @@ def check_split(out: Path, split: str) -> None:
 
 def stage_config(out: Path, args: PipelineArguments, preset: dict, stage: Stage) -> dict:
     section = {} if stage.name.startswith("eval_") else preset.get(stage.name, {})
-    return {**section, **stage.paths(out, args, preset), stage.out_key: str(stage_folder(out, stage))}
+    paths = {k: v for k, v in stage.paths(out, args, preset).items() if v is not None}
+    return {**section, **paths, stage.out_key: str(stage_folder(out, stage))}
 
 
 def output_hash(out: Path, stage: Stage) -> str | None:
@@ -233,7 +270,7 @@ def has_checkpoints(folder: Path, stage: Stage) -> bool:
 
 def run_stage(out: Path, stage: Stage, config: dict, state: dict) -> None:
     """Run one stage unless its recorded config and upstream outputs are unchanged."""
-    upstream = {name: state.get(name, {}).get("output") for name in stage.upstream}
+    upstream = {name: state.get(name, {}).get("output") for name in stage.upstream_of(config)}
     record = {"config": config, "upstream": upstream}
     previous = state.get(stage.name, {})
     current = output_hash(out, stage)

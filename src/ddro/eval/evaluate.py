@@ -118,11 +118,12 @@ def end_token_of(model_path) -> int:
 
 
 def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, decoding: DecodingArguments,
-                 batch_size: int, device: torch.device, journal: Journal | None = None
-                 ) -> dict[str, list[tuple[str, float]]]:
+                 batch_size: int, device: torch.device, journal: Journal | None = None,
+                 trie: DocidTrie | None = None) -> dict[str, list[tuple[str, float]]]:
     """Hits per query; with a `journal`, each batch is committed to it and a rerun starts after the
-    last committed batch (scores round-trip exactly through JSON)."""
-    trie = docid_trie(model, table)
+    last committed batch (scores round-trip exactly through JSON). `trie`: the table's
+    `docid_trie`, built once by a caller that decodes chunk after chunk."""
+    trie = trie or docid_trie(model, table)
     rows = model.get_input_embeddings().num_embeddings
     for q in queries:  # an id beyond the embeddings would fail deep inside the model
         if max(q["input_ids"]) >= rows:
