@@ -335,7 +335,8 @@ def test_model_source_mines_the_checkpoints_own_beams(t5_ckpt, tmp_path):
     from ddro.eval.evaluate import generate_run
     from ddro.manifest import manifest_hash
     from ddro.modeling import load_model
-    from ddro.train.ddro import checkpoint_identity, encode_queries
+    from ddro.train.pairs import encode_queries
+    from ddro.train.reference import checkpoint_identity
 
     ckpt, table = t5_ckpt
     coll, queries, positives = model_collection(tmp_path)

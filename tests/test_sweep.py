@@ -101,8 +101,12 @@ def test_point_configs_merge_the_settings_over_the_pipeline_configs():
 
 
 def test_model_negatives_keep_a_given_checkpoint_and_bm25_gets_none():
-    given = sweep.point_configs(Path("O"), base(), {"negatives.source": "mixed", "negatives.checkpoint": "X"}, "dev")
+    given = sweep.point_configs(Path("O"), base(), {"negatives.source": "mixed", "negatives.mix": "bm25:0.5,model:0.5",
+                                                    "negatives.checkpoint": "X"}, "dev")
     assert given["negatives"]["checkpoint"] == "X" and given["negatives"]["docids"] == "O/docids"
+    no_model = sweep.point_configs(Path("O"), base(), {"negatives.source": "mixed",
+                                                       "negatives.mix": "bm25:0.5,dense:0.5"}, "dev")
+    assert "checkpoint" not in no_model["negatives"]  # `ddro negatives` refuses a checkpoint it does not use
     bm25 = sweep.point_configs(Path("O"), base(), {"negatives.source": "bm25"}, "dev")
     assert "checkpoint" not in bm25["negatives"] and "docids" not in bm25["negatives"]
 
