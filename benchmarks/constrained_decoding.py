@@ -17,8 +17,12 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 from transformers.generation.logits_process import PrefixConstrainedLogitsProcessor
 
-from ddro.eval.constrained import (TrieConstrainedLogitsProcessor, constrained_generate, dict_trie_allowed_fn,
-                                   nested_dict_trie)
+from ddro.eval.constrained import (
+    TrieConstrainedLogitsProcessor,
+    constrained_generate,
+    dict_trie_allowed_fn,
+    nested_dict_trie,
+)
 from ddro.eval.trie import DocidTrie
 
 TEXT_VOCAB = 32100          # T5's vocabulary; PQ docid tokens follow it

@@ -98,8 +98,8 @@ def timed_steps(step, steps: int, device: str, warmup: int = 2) -> float:
 def decode(size: Size, model, vocab: int, device: str, amp) -> list[tuple]:
     """Queries/s of the three searches, the constraint's share and ours/unconstrained."""
     import torch
-    from constrained_decoding import EOS, TEXT_VOCAB, decoding_times, synthetic_pq
 
+    from constrained_decoding import EOS, TEXT_VOCAB, decoding_times, synthetic_pq
     from ddro.eval.constrained import nested_dict_trie
     from ddro.eval.trie import DocidTrie
 
@@ -133,6 +133,7 @@ def train(size: Size, model, vocab: int, device: str, amp) -> list[tuple]:
     """Steps/s of an SFT step (cross-entropy on docid labels) and a DDRO step (pairwise loss,
     precomputed reference log-probs: the trainer's step), forward + backward + AdamW."""
     import torch
+
     from constrained_decoding import EOS, TEXT_VOCAB
     from ddro_step import step_fn
 
@@ -183,8 +184,8 @@ def train(size: Size, model, vocab: int, device: str, amp) -> list[tuple]:
 def embed(size: Size, device: str) -> list[tuple]:
     """Docs/s of the packaged all-MiniLM-L6-v2 as `ddro docids` runs it (fp32, normalised)."""
     import numpy as np
-    from constrained_decoding import sync
 
+    from constrained_decoding import sync
     from ddro.docids.embed import load_embedder
     from ddro.tokenizer import OFFLINE_MINILM
 
@@ -219,6 +220,7 @@ def main(argv=None) -> None:
     check_packages(parts)
     started = time.perf_counter()
     import torch
+
     from constrained_decoding import TEXT_VOCAB, make_model
 
     if args.threads:

@@ -22,10 +22,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def prepare(work: Path, collection: Path, device: str) -> tuple[Path, Path, Path]:
     """(collection, docids, checkpoint) folders in `work`, each built once."""
-    from ddro.data.beir import BeirArguments, run as import_beir
-    from ddro.docids.build import DocidArguments, run as build_docids
+    from ddro.data.beir import BeirArguments
+    from ddro.data.beir import run as import_beir
+    from ddro.docids.build import DocidArguments
+    from ddro.docids.build import run as build_docids
     from ddro.modeling import ModelArguments
-    from ddro.modeling.init import InitArguments, run as init_model
+    from ddro.modeling.init import InitArguments
+    from ddro.modeling.init import run as init_model
 
     coll, docids, ckpt = work / "collection", work / "docids", work / "model"
     if not (coll / "manifest.json").is_file():
@@ -43,7 +46,7 @@ def prepare(work: Path, collection: Path, device: str) -> tuple[Path, Path, Path
 def measure(source: str, args, coll: Path, docids: Path, ckpt: Path, work: Path) -> tuple[float, float, int]:
     """(searcher build seconds, mining seconds, queries mined) of one source."""
     from ddro.data.collection import Collection
-    from ddro.negatives import NegativesArguments, SOURCES, check_args, run
+    from ddro.negatives import SOURCES, NegativesArguments, check_args, run
 
     model = {"checkpoint": str(ckpt), "docids": str(docids)} if source == "model" else {}
     neg = NegativesArguments(collection=str(coll), out=str(work / f"negatives-{source}"), source=source,

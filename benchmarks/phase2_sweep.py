@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import statistics
 import sys
 from pathlib import Path

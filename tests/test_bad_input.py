@@ -27,8 +27,15 @@ from ddro.manifest import manifest_hash, write_manifest
 from ddro.negatives import Negatives
 from ddro.train.data import read_instances
 from model_fixtures import small_args, tiny_bert_encoder
-from raw_fixtures import (nq_full_line, nq_simplified_line, wiki_page_tokens, write_jsonl, write_text,
-                          write_trec_qrels, write_tsv)
+from raw_fixtures import (
+    nq_full_line,
+    nq_simplified_line,
+    wiki_page_tokens,
+    write_jsonl,
+    write_text,
+    write_trec_qrels,
+    write_tsv,
+)
 
 # ----------------------------------------------------------------------------- the good world
 

@@ -10,7 +10,6 @@ from ddro.bm25 import build_index
 from ddro.errors import DDROError, InputError
 from ddro.eval.runs import read_run, write_run
 
-
 # ------------------------------------------------------------------ run files
 
 def test_run_file_round_trip_in_canonical_order(tmp_path):

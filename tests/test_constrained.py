@@ -4,8 +4,14 @@ import torch
 from transformers import LogitsProcessorList, T5Config, T5ForConditionalGeneration
 
 from ddro.errors import DDROError
-from ddro.eval.constrained import (TrieConstrainedLogitsProcessor, constrained_generate, dict_trie_allowed_fn,
-                                   mask_scores, nested_dict_trie, walk)
+from ddro.eval.constrained import (
+    TrieConstrainedLogitsProcessor,
+    constrained_generate,
+    dict_trie_allowed_fn,
+    mask_scores,
+    nested_dict_trie,
+    walk,
+)
 from ddro.eval.decoding import STOPPING, DecodingArguments
 from ddro.eval.trie import DocidTrie
 

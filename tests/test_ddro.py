@@ -15,11 +15,28 @@ from ddro.io import dumps_line
 from ddro.manifest import read_manifest, write_manifest
 from ddro.modeling import ModelArguments, build_model, load_model, save_model
 from ddro.train.ddro import DDROArguments, DDROTrainingArguments, main, run
-from ddro.train.ddro_loss import (IGNORE, ddro_loss, docid_logps, list_logps, listwise_loss, loss_function,
-                                  pair_logps, rpo_loss, sequence_logps)
+from ddro.train.ddro_loss import (
+    IGNORE,
+    ddro_loss,
+    docid_logps,
+    list_logps,
+    listwise_loss,
+    loss_function,
+    pair_logps,
+    rpo_loss,
+    sequence_logps,
+)
 from ddro.train.ddro_trainer import disable_dropout
-from ddro.train.pairs import (GroupCollator, GroupDataset, PairCollator, PairData, cap_pairs, encode_queries,
-                              group_bounds, group_rows)
+from ddro.train.pairs import (
+    GroupCollator,
+    GroupDataset,
+    PairCollator,
+    PairData,
+    cap_pairs,
+    encode_queries,
+    group_bounds,
+    group_rows,
+)
 from ddro.train.reference import compute_reference_logps, query_batches
 from model_fixtures import WORDS, docid_folder, small_args, tiny_bert_encoder, tiny_pretrained_t5
 

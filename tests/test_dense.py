@@ -13,7 +13,8 @@ K = 5
 
 @pytest.fixture(scope="module")
 def adi(shared_data, tmp_path_factory):
-    from ddro.data.beir import BeirArguments, run as import_beir
+    from ddro.data.beir import BeirArguments
+    from ddro.data.beir import run as import_beir
 
     folder = tmp_path_factory.mktemp("dense") / "adi"
     import_beir(BeirArguments(path=str(shared_data / "adi"), out=str(folder), sentences=False))
@@ -23,7 +24,8 @@ def adi(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(adi):
     """The embedding cache as `ddro docids embed` fills it, with the dense baseline's default settings."""
-    from ddro.docids.embed import EmbedArguments, run as embed
+    from ddro.docids.embed import EmbedArguments
+    from ddro.docids.embed import run as embed
 
     folder = adi.parent / "cache"
     embed(EmbedArguments(collection=str(adi), embed_max_length=128, embed_cache=str(folder)))

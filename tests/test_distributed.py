@@ -8,17 +8,17 @@ import subprocess
 import sys
 
 import pytest
-from model_fixtures import DOCS, WORDS
+
 import test_ddro
 import test_pseudo_queries
-from test_ddro import PAIRS, VAL, negatives_folder
-from test_sft import instances_folder
-
 from ddro.distributed import Shard, ShardSet, plan_shard
 from ddro.errors import DDROError
 from ddro.io import dumps_line
 from ddro.manifest import read_manifest
 from ddro.modeling import load_model
+from model_fixtures import DOCS, WORDS
+from test_ddro import PAIRS, VAL, negatives_folder
+from test_sft import instances_folder
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
        "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
@@ -174,9 +174,8 @@ def test_ddro_listwise_under_torchrun_gathers_groups_of_different_sizes(t5_ckpt,
 
 # ---------------------------------------------------------------- pseudo-queries
 def test_sharded_doc2query_equals_one_process(tmp_path, tiny_doc2query):
-    from test_pseudo_queries import d2q_args, make_collection, make_docs
-
     from ddro import pseudo_queries as pq
+    from test_pseudo_queries import d2q_args, make_collection, make_docs
 
     coll = make_collection(tmp_path / "c", make_docs(7))  # 4 batches of 2 over 3 shards: 2, 1, 1
     single = pq.run(d2q_args(coll, tmp_path / "single", tiny_doc2query))
@@ -194,11 +193,11 @@ def test_sharded_doc2query_equals_one_process(tmp_path, tiny_doc2query):
 # ---------------------------------------------------------------- embeddings
 def test_sharded_embeddings_equal_one_process(tmp_path, monkeypatch):
     import numpy as np
-    from test_docids import make_collection
-    from test_pseudo_queries import make_docs
 
     from ddro.data.collection import Collection
     from ddro.docids import embed
+    from test_docids import make_collection
+    from test_pseudo_queries import make_docs
 
     monkeypatch.setattr(embed, "CHUNK_DOCS", 2)  # 7 documents: 4 chunks over 3 shards
     monkeypatch.setattr(embed, "load_embedder", functools.lru_cache(embed.load_embedder))  # load once

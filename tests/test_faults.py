@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import test_ddro
 from ddro.errors import DDROError
 from ddro.eval.evaluate import main as eval_main
 from ddro.io import Journal
@@ -32,7 +33,6 @@ from ddro.modeling import load_model
 from ddro.train.ddro import main as ddro_main
 from ddro.train.sft import main as sft_main
 from model_fixtures import DOCS, docid_folder, tiny_bert_encoder
-import test_ddro
 from test_ddro import PAIRS, VAL, negatives_folder
 from test_sft import instances_folder, mean_loss
 

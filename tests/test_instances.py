@@ -273,7 +273,8 @@ def test_refuses_pseudo_queries_of_another_collection_or_unknown_docs(tmp_path):
 
 # ---------------------------------------------------------------- SciFact
 def test_scifact_integration(tmp_path, shared_data):
-    from ddro.data.beir import BeirArguments, run as import_beir
+    from ddro.data.beir import BeirArguments
+    from ddro.data.beir import run as import_beir
 
     start = time.perf_counter()
     coll = tmp_path / "scifact"

@@ -4,8 +4,7 @@ import math
 import pytest
 
 from ddro.errors import DDROError, InputError
-from ddro.eval.metrics import (METRICS, evaluate, paired_ttest, read_per_query, results_table,
-                               write_per_query)
+from ddro.eval.metrics import METRICS, evaluate, paired_ttest, read_per_query, results_table, write_per_query
 from ddro.eval.runs import write_run
 
 QRELS = {

@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from ddro.errors import DDROError
-from ddro.modeling import (MODEL_INFO, ModelArguments, build_model, freeze_encoder_embeddings, load_model,
-                           output_rows, save_model)
+from ddro.modeling import (
+    MODEL_INFO,
+    ModelArguments,
+    build_model,
+    freeze_encoder_embeddings,
+    load_model,
+    output_rows,
+    save_model,
+)
 from model_fixtures import DOCS, WORDS, docid_folder, small_args, tiny_bert_encoder, tiny_pretrained_t5
 
 

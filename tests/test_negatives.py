@@ -8,13 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import test_ddro
 from ddro.data.collection import write_collection
 from ddro.errors import DDROError
 from ddro.io import dumps_line
 from ddro.manifest import read_manifest, write_manifest
-from ddro.negatives import (NegativesArguments, Negatives, band_quotas, main, parse_bands, read_pairs, run,
-                            sample_negatives)
-import test_ddro
+from ddro.negatives import (
+    Negatives,
+    NegativesArguments,
+    band_quotas,
+    main,
+    parse_bands,
+    read_pairs,
+    run,
+    sample_negatives,
+)
 
 t5_ckpt = test_ddro.t5_ckpt  # a fixture: (a T5 "SFT checkpoint" over model_fixtures.DOCS, its docid table)
 
@@ -361,7 +369,8 @@ def test_model_source_mines_the_checkpoints_own_beams(t5_ckpt, tmp_path):
 
 def test_dense_source_mines_the_dense_baselines_ranking(adi_train, tmp_path):
     from ddro.data.collection import Collection
-    from ddro.dense import DenseArguments, run as dense_run
+    from ddro.dense import DenseArguments
+    from ddro.dense import run as dense_run
     from ddro.eval.runs import read_run
 
     cache = tmp_path / "cache"

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from model_fixtures import WORDS, docid_folder, small_args, tiny_bert_encoder
 
 from ddro.config import parse_args
 from ddro.errors import DDROError
@@ -18,6 +17,7 @@ from ddro.io import dumps_line
 from ddro.modeling import ModelArguments, build_model, load_model, save_model
 from ddro.modeling.prior import DensePriorModel
 from ddro.train.ddro_loss import docid_logps, grouped_logps
+from model_fixtures import WORDS, docid_folder, small_args, tiny_bert_encoder
 
 M, K, DSUB, OFFSET, N_DOCS = 4, 4, 8, 3, 16  # the tiny encoder's hidden size is M * DSUB = 32
 TEXTS = [" ".join(WORDS[i:i + n]) for i, n in ((0, 3), (5, 7), (11, 2))]  # different lengths: padding

@@ -12,6 +12,7 @@ from ddro.io import Journal
 from ddro.manifest import manifest_hash, read_manifest
 from raw_fixtures import WORDS, t5_tokenizer
 
+
 def words(i: int, n: int) -> str:
     return " ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(n))
 

@@ -15,8 +15,7 @@ import pytest
 from ddro import hub
 from ddro.errors import DDROError, InputError
 from ddro.eval import evaluate
-from ddro.eval.published import (guess_encoding, pq_layout, read_published_docids,
-                                 read_published_queries)
+from ddro.eval.published import guess_encoding, pq_layout, read_published_docids, read_published_queries
 from ddro.modeling.checkpoint import check_docids, load_model
 from model_fixtures import t5_tokenizer
 

@@ -7,7 +7,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from model_fixtures import DOCS, WORDS, docid_folder, tiny_bert_encoder
 
 from ddro.errors import DDROError, InputError
 from ddro.io import dumps_line
@@ -15,8 +14,9 @@ from ddro.manifest import manifest_hash, read_manifest, write_manifest
 from ddro.modeling import build_model, load_model
 from ddro.tokenizer import tokenizer_identity
 from ddro.train.arguments import DataArguments, ModelArguments, SftArguments, SftTrainingArguments
-from ddro.train.data import _ragged, LABEL_PAD, InstanceDataset, Seq2SeqCollator, read_instances
+from ddro.train.data import LABEL_PAD, InstanceDataset, Seq2SeqCollator, _ragged, read_instances
 from ddro.train.sft import encoder_only_parameters, main, run, verify_init
+from model_fixtures import DOCS, WORDS, docid_folder, tiny_bert_encoder
 
 
 # ---------------------------------------------------------------- fixtures

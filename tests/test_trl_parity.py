@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import torch
 
+from ddro.train.ddro_loss import ddro_loss, pair_logps
 from ddro.train.ddro_trainer import disable_dropout
 from ddro.train.pairs import PairCollator
 from ddro.train.reference import compute_reference_logps
-from ddro.train.ddro_loss import ddro_loss, pair_logps
 
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent / "trl_parity"

@@ -38,8 +38,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .config import as_dict, entry_point, parse_args
-from .distributed import (INDEX_HELP, SHARD_HELP, Shard, ShardSet, barrier, default_num_shards,
-                          default_shard_index, device_for_rank, is_main_process, plan_shard)
+from .distributed import (
+    INDEX_HELP,
+    SHARD_HELP,
+    Shard,
+    ShardSet,
+    barrier,
+    default_num_shards,
+    default_shard_index,
+    device_for_rank,
+    is_main_process,
+    plan_shard,
+)
 from .errors import DDROError, InputError
 from .io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, partial_dir
 from .manifest import MANIFEST, manifest_hash_or_none, read_manifest, write_manifest

@@ -17,9 +17,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
-from typing import Optional
 
 from ..config import as_dict, entry_point, parse_args
 from ..data.collection import Collection

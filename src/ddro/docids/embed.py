@@ -29,8 +29,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..config import entry_point, parse_args
-from ..distributed import (INDEX_HELP, SHARD_HELP, Shard, ShardSet, barrier, default_num_shards,
-                           default_shard_index, device_for_rank, is_main_process, plan_shard, world_size)
+from ..distributed import (
+    INDEX_HELP,
+    SHARD_HELP,
+    Shard,
+    ShardSet,
+    barrier,
+    default_num_shards,
+    default_shard_index,
+    device_for_rank,
+    is_main_process,
+    plan_shard,
+    world_size,
+)
 from ..errors import DDROError
 from ..io import Journal, atomic_file, read_json
 from ..manifest import manifest_hash

@@ -22,15 +22,25 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import as_dict, entry_point, parse_args
+from ..distributed import (
+    INDEX_HELP,
+    SHARD_HELP,
+    Shard,
+    ShardSet,
+    barrier,
+    default_num_shards,
+    default_shard_index,
+    device_for_rank,
+    is_main_process,
+    plan_shard,
+)
 from ..docids.table import DocidTable
 from ..errors import DDROError, InputError
-from ..distributed import (INDEX_HELP, SHARD_HELP, Shard, ShardSet, barrier, default_num_shards,
-                           default_shard_index, device_for_rank, is_main_process, plan_shard)
+from ..hub import resolve_file, resolve_model
 from ..io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, partial_dir, sha256_file
 from ..manifest import manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
-from ..hub import resolve_file, resolve_model
-from ..modeling.checkpoint import is_plain_checkpoint, resolve_checkpoint
 from ..modeling.build import special_ids
+from ..modeling.checkpoint import is_plain_checkpoint, resolve_checkpoint
 from .constrained import constrained_generate
 from .decoding import DecodingArguments
 from .metrics import write_run_folder

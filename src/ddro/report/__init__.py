@@ -26,8 +26,20 @@ from ..config import entry_point, parse_args
 from ..errors import DDROError
 from ..io import atomic_file
 from ..verify import leading_positionals
-from .data import (NAMES, RANK_BUCKETS, SYSTEMS, Output, beam_sweep, ddro_curves, ddro_logps, labels_for,
-                   load_output, rank_transitions, sft_curves, system_ranks)
+from .data import (
+    NAMES,
+    RANK_BUCKETS,
+    SYSTEMS,
+    Output,
+    beam_sweep,
+    ddro_curves,
+    ddro_logps,
+    labels_for,
+    load_output,
+    rank_transitions,
+    sft_curves,
+    system_ranks,
+)
 from .plots import plot_beams, plot_logps, plot_rank_transitions, plot_training, plot_wins
 
 log = logging.getLogger(__name__)

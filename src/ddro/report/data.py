@@ -162,7 +162,8 @@ def beam_sweep(output: Output, cache: Path, beam_sizes: list[int], max_queries: 
     from dataclasses import asdict, replace
 
     from ..eval.decoding import decoding_from
-    from ..eval.evaluate import EvalArguments, run as evaluate
+    from ..eval.evaluate import EvalArguments
+    from ..eval.evaluate import run as evaluate
 
     cap = preset_beams(output)
     decoding = decoding_from(output.state.get("eval_sft", {}).get("config") or {})

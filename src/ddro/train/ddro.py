@@ -68,8 +68,18 @@ from . import reference
 from .arguments import SftTrainingArguments
 from .ddro_loss import GROUPED, LOSSES, check_loss
 from .ddro_trainer import DDROTrainer, WarmupCheck, disable_dropout
-from .pairs import (GroupCollator, GroupDataset, PairCollator, PairData, PairDataset, cap_pairs, encode_queries,
-                    group_bounds, group_rows, index_pairs)
+from .pairs import (
+    GroupCollator,
+    GroupDataset,
+    PairCollator,
+    PairData,
+    PairDataset,
+    cap_pairs,
+    encode_queries,
+    group_bounds,
+    group_rows,
+    index_pairs,
+)
 from .resume import FaultHook, last_checkpoint
 
 log = logging.getLogger(__name__)
