@@ -28,7 +28,8 @@ from ddro.pipeline import STAGES, load_preset, stage_folder  # noqa: E402
 
 # stage -> throughput unit ("docs", "steps" or "queries") and how the target scale grows it
 UNITS = {"collection": "docs", "docids": "docs", "pseudo_queries": "docs", "instances": "docs", "sft": "steps",
-         "bm25": "queries", "dense": "queries", "eval_sft": "queries", "negatives": "queries", "ddro": "steps", "eval_ddro": "queries"}
+         "bm25": "queries", "dense": "queries", "eval_sft": "queries", "negatives": "queries", "ddro": "steps",
+         "eval_ddro": "queries"}
 
 
 def fail(message: str) -> None:
@@ -208,7 +209,8 @@ def estimate_text(est: list[dict], work: dict, gpu_path: str | None, gpu_name: s
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), epilog="\n".join(__doc__.splitlines()[2:]),
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
+                                epilog="\n".join(__doc__.splitlines()[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collection", required=True, help="as `ddro pipeline --collection`")
     p.add_argument("--output", required=True, help="a fresh folder for the pipeline's outputs")

@@ -195,6 +195,7 @@ def cached(folder: Path, model_hash: str, decoding: dict, split: str, max_querie
         return False
     config = manifest.get("config", {})
     return (manifest.get("inputs", {}).get("model") == model_hash
-            and all(config.get(k) == v for k, v in decoding.items()) and config.get("split") == split and config.get("max_queries") == max_queries
+            and all(config.get(k) == v for k, v in decoding.items())
+            and config.get("split") == split and config.get("max_queries") == max_queries
             and (folder / "metrics.json").is_file())
 

@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 STAGES = (1, 2, 3)
 STAGE_KIND = "sft_stage"
 # Training settings that must match for --resume to reuse a completed stage.
-TRAINING_KEYS = ("seed", "gradient_accumulation_steps", "max_steps", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "adam_beta1",
-                 "adam_beta2", "adam_epsilon", "optim")
+TRAINING_KEYS = ("seed", "gradient_accumulation_steps", "max_steps", "weight_decay", "max_grad_norm",
+                 "lr_scheduler_type", "warmup_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "optim")
 RUN_KEYS = ("resume", "overwrite", "stages")  # may change between a run and its --resume
 PER_STAGE = ("stage_epochs", "stage_learning_rates", "stage_batch_sizes")
 RUN_FILE = "ddro_run.json"  # in stageN/checkpoints/: what the interrupted stage was training
