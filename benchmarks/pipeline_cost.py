@@ -24,7 +24,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))                     # this checkout's ddro, as the children get it
 
 from ddro.io import read_json  # noqa: E402
-from ddro.pipeline import STAGES, load_preset, stage_folder  # noqa: E402
+from ddro.pipeline import STAGES, load_preset, stage_folder, stage_named  # noqa: E402
 
 # stage -> throughput unit ("docs", "steps" or "queries") and how the target scale grows it
 UNITS = {"collection": "docs", "docids": "docs", "pseudo_queries": "docs", "instances": "docs", "sft": "steps",
@@ -50,8 +50,7 @@ def run_child(argv: list[str], log_path: Path) -> tuple[float, float, int]:
 
 
 def manifest(out: Path, name: str) -> dict:
-    stage = next(s for s in STAGES if s.name == name)
-    path = stage_folder(out, stage) / "manifest.json"
+    path = stage_folder(out, stage_named(name)) / "manifest.json"
     return read_json(path) if path.is_file() else {}
 
 
