@@ -262,7 +262,7 @@ def test_instances_for_another_docid_table_are_refused(setup):
 
 
 def test_encoder_learning_rate_makes_param_groups(setup):
-    from ddro.train.sft import _make_trainer_class
+    from ddro.train.sft import SftTrainer
 
     tmp, tok, table = setup
     model_args, *_, training = arguments(tmp, table, tmp, tmp / "out")
@@ -270,7 +270,7 @@ def test_encoder_learning_rate_makes_param_groups(setup):
     enc = encoder_only_parameters(model)
     assert {id(p) for p in model.encoder.parameters()} == enc
     assert not enc & {id(p) for p in model.decoder.parameters()}
-    trainer = _make_trainer_class()(model=model, args=training, encoder_learning_rate=1e-4)
+    trainer = SftTrainer(model=model, args=training, encoder_learning_rate=1e-4)
     opt = trainer.create_optimizer()
     lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert {lrs[id(p)] for p in model.encoder.parameters()} == {1e-4}
