@@ -1,4 +1,4 @@
-# Two entry points: `make demo` and `make test`. Both create .venv on first use.
+# Two entry points: `make demo` and `make test` (lint, then the suite). Both create .venv on first use.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +7,7 @@ OUT ?= resources/demo/$(notdir $(COLLECTION))
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo lint test clean
 
 install: $(VENV)/.installed
 
@@ -24,7 +24,11 @@ demo: install
 	$(VENV)/bin/ddro pipeline --collection $(COLLECTION) --output $(OUT) --preset $(PRESET)
 	$(VENV)/bin/ddro report $(OUT)  # prints the path of report.md
 
-test: install
+# ruff is pinned in requirements.txt; its configuration is in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+
+test: lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

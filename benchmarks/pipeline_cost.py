@@ -24,11 +24,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 sys.path.insert(0, str(SRC))                     # this checkout's ddro, as the children get it
 
 from ddro.io import read_json  # noqa: E402
-from ddro.pipeline import STAGES, load_preset, stage_folder  # noqa: E402
+from ddro.pipeline import STAGES, load_preset, stage_folder, stage_named  # noqa: E402
 
 # stage -> throughput unit ("docs", "steps" or "queries") and how the target scale grows it
 UNITS = {"collection": "docs", "docids": "docs", "pseudo_queries": "docs", "instances": "docs", "sft": "steps",
-         "bm25": "queries", "dense": "queries", "eval_sft": "queries", "negatives": "queries", "ddro": "steps", "eval_ddro": "queries"}
+         "bm25": "queries", "dense": "queries", "eval_sft": "queries", "negatives": "queries", "ddro": "steps",
+         "eval_ddro": "queries"}
 
 
 def fail(message: str) -> None:
@@ -49,8 +50,7 @@ def run_child(argv: list[str], log_path: Path) -> tuple[float, float, int]:
 
 
 def manifest(out: Path, name: str) -> dict:
-    stage = next(s for s in STAGES if s.name == name)
-    path = stage_folder(out, stage) / "manifest.json"
+    path = stage_folder(out, stage_named(name)) / "manifest.json"
     return read_json(path) if path.is_file() else {}
 
 
@@ -208,7 +208,8 @@ def estimate_text(est: list[dict], work: dict, gpu_path: str | None, gpu_name: s
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()), epilog="\n".join(__doc__.splitlines()[2:]),
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()),
+                                epilog="\n".join(__doc__.splitlines()[2:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--collection", required=True, help="as `ddro pipeline --collection`")
     p.add_argument("--output", required=True, help="a fresh folder for the pipeline's outputs")

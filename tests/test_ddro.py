@@ -14,9 +14,9 @@ from ddro.errors import DDROError
 from ddro.io import dumps_line
 from ddro.manifest import read_manifest, write_manifest
 from ddro.modeling import ModelArguments, build_model, load_model, save_model
+from ddro.padding import IGNORE
 from ddro.train.ddro import DDROArguments, DDROTrainingArguments, main, run
 from ddro.train.ddro_loss import (
-    IGNORE,
     ddro_loss,
     docid_logps,
     list_logps,

@@ -78,7 +78,7 @@ def test_interrupted_training_stage_resumes_only_with_the_same_config(stage_name
 
     from ddro import pipeline
 
-    stage = next(s for s in pipeline.STAGES if s.name == stage_name)
+    stage = pipeline.stage_named(stage_name)
     folder = pipeline.stage_folder(tmp_path, stage)
     checkpoint = folder / "mixed" / "checkpoints" / "checkpoint-5" if stage_name == "sft" else \
         tmp_path / "ddro.trainer" / "checkpoint-5"
@@ -256,9 +256,9 @@ def test_split_missing_from_the_collection_fails_before_training(shared_data, tm
 # ----------------------------------------------------------------------------- negatives mined with the model
 
 def negatives_stage():
-    from ddro.pipeline import STAGES
+    from ddro.pipeline import stage_named
 
-    return next(s for s in STAGES if s.name == "negatives")
+    return stage_named("negatives")
 
 
 def test_negatives_sources_choose_the_stages_inputs_and_upstream(tmp_path):

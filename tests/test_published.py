@@ -54,7 +54,8 @@ def published(tmp_path_factory):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(model)
     lines = []
-    for text, doc in [("protein cell", 1), ("brain", 4), ("protein cell", 3), ("drug risk", 0)]:  # lines 1, 3: one query
+    # lines 1 and 3: one query
+    for text, doc in [("protein cell", 1), ("brain", 4), ("protein cell", 3), ("drug risk", 0)]:
         lines.append({"input_ids": tok(text).input_ids, "query_id": f"[d{doc}]",
                       "doc_id": ",".join(map(str, pq_tokens(offset, doc)))})
     tests = root / "tests" / "msmarco" / "test" / "query_dev.t5_128_1.pq.tiny.json"

@@ -35,8 +35,8 @@ LAUNCHERS = {
     "eval/eval.sh": ["sft"], "eval/eval_published.sh": [],
 }
 ENV_KNOBS = ("ROOT", "DATA", "OUT", "COLLECTION", "CONFIG", "SPLIT", "NPROC", "OTHER_ENCODING", "DRY_RUN",
-             "NEGATIVES_FROM", "NEGATIVES_SOURCE", "NEGATIVES_MIX", "PSEUDO_SHARE", "CHECKPOINT", "RAW_DIR", "SHARDS", "SBATCH_ARGS", "VENV", "DATASET", "NAME",
-             "ENCODING", "MODEL", "PYTHON")
+             "NEGATIVES_FROM", "NEGATIVES_SOURCE", "NEGATIVES_MIX", "PSEUDO_SHARE", "CHECKPOINT", "RAW_DIR", "SHARDS",
+             "SBATCH_ARGS", "VENV", "DATASET", "NAME", "ENCODING", "MODEL", "PYTHON")
 
 
 def shell(script: Path | str, *args: str, root: Path, dry_run: bool = True, **env: str):
@@ -172,12 +172,14 @@ def check_paper_settings(stages: dict, dataset: str, encoding: str) -> None:
     assert docids["tokenizer"] == "t5-base" and docids["target_vocab"] == "tokenizer"
     assert (sft["construction"], sft["model_name_or_path"]) == ("t5", "t5-base")
     assert (sft["schedule"], list(sft["stage_epochs"])) == ("sequential", [10, 20, 10])
-    assert (sft["learning_rate"], sft["max_grad_norm"], getattr(sft["lr_scheduler_type"], "value", None)) == (1e-3, 5.0, "linear")
+    scheduler = getattr(sft["lr_scheduler_type"], "value", None)
+    assert (sft["learning_rate"], sft["max_grad_norm"], scheduler) == (1e-3, 5.0, "linear")
     assert stages["ddro.pseudo_queries"]["method"] == "doc2query"
     neg = stages["ddro.negatives"]
     assert (neg["negatives"], neg["bands"], neg["k1"], neg["b"]) == (16, "1-100,101-500,501-1000", 0.82, 0.68)
     assert ddro_["beta"] == {"msmarco": 0.4, "nq": 0.49}[dataset] and ddro_["loss_type"] == "sigmoid"
-    assert (ddro_["learning_rate"], getattr(ddro_["lr_scheduler_type"], "value", None), ddro_["warmup_steps"]) == (1e-6, "cosine", 1000)
+    scheduler = getattr(ddro_["lr_scheduler_type"], "value", None)
+    assert (ddro_["learning_rate"], scheduler, ddro_["warmup_steps"]) == (1e-6, "cosine", 1000)
     assert (ddro_["max_grad_norm"], ddro_["per_device_train_batch_size"], ddro_["num_train_epochs"]) == (0.5, 64, 2)
     beams = {("msmarco", "pq"): 80, ("msmarco", "tu"): 15, ("nq", "pq"): 100, ("nq", "tu"): 50}
     assert stages["eval-sft"]["beams"] == stages["eval-ddro"]["beams"] == beams[dataset, encoding]

@@ -88,7 +88,8 @@ def scan_sources() -> list[str]:
             callee = func.rsplit(".", 2)[-2] if func.count(".") else ""
             if _literal(node, "trust_remote_code") not in (None, False):
                 problems.append(f"{where}:{node.lineno}: trust_remote_code not literally False")
-            if _literal(node, "weights_only") not in (None, True) or _literal(node, "allow_pickle") not in (None, False):
+            pickles = _literal(node, "weights_only") not in (None, True)
+            if pickles or _literal(node, "allow_pickle") not in (None, False):
                 problems.append(f"{where}:{node.lineno}: weights_only/allow_pickle allowing pickles")
             if func == "torch.load" and _literal(node, "weights_only") is not True:
                 problems.append(f"{where}:{node.lineno}: torch.load without weights_only=True")

@@ -12,9 +12,10 @@ from ddro.errors import DDROError, InputError
 from ddro.io import dumps_line
 from ddro.manifest import manifest_hash, read_manifest, write_manifest
 from ddro.modeling import build_model, load_model
+from ddro.padding import IGNORE
 from ddro.tokenizer import tokenizer_identity
 from ddro.train.arguments import DataArguments, ModelArguments, SftArguments, SftTrainingArguments
-from ddro.train.data import LABEL_PAD, InstanceDataset, Seq2SeqCollator, _ragged, read_instances
+from ddro.train.data import InstanceDataset, Seq2SeqCollator, _ragged, read_instances
 from ddro.train.sft import encoder_only_parameters, main, run, verify_init
 from model_fixtures import DOCS, WORDS, docid_folder, tiny_bert_encoder
 
@@ -74,8 +75,8 @@ def test_collator_pads_labels_with_minus_100_and_inputs_with_pad():
                                              {"input_ids": [9], "labels": [5]}])
     assert batch["input_ids"].tolist() == [[5, 6, 8], [9, 7, 7]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert batch["labels"].tolist() == [[3, 4], [5, LABEL_PAD]]
-    assert LABEL_PAD == -100
+    assert batch["labels"].tolist() == [[3, 4], [5, IGNORE]]
+    assert IGNORE == -100
 
 
 def test_read_instances_checks_labels_against_docid_table(setup):
@@ -261,7 +262,7 @@ def test_instances_for_another_docid_table_are_refused(setup):
 
 
 def test_encoder_learning_rate_makes_param_groups(setup):
-    from ddro.train.sft import _make_trainer_class
+    from ddro.train.sft import SftTrainer
 
     tmp, tok, table = setup
     model_args, *_, training = arguments(tmp, table, tmp, tmp / "out")
@@ -269,7 +270,7 @@ def test_encoder_learning_rate_makes_param_groups(setup):
     enc = encoder_only_parameters(model)
     assert {id(p) for p in model.encoder.parameters()} == enc
     assert not enc & {id(p) for p in model.decoder.parameters()}
-    trainer = _make_trainer_class()(model=model, args=training, encoder_learning_rate=1e-4)
+    trainer = SftTrainer(model=model, args=training, encoder_learning_rate=1e-4)
     opt = trainer.create_optimizer()
     lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert {lrs[id(p)] for p in model.encoder.parameters()} == {1e-4}

@@ -114,7 +114,8 @@ def test_model_negatives_keep_a_given_checkpoint_and_bm25_gets_none():
 def test_points_with_the_same_negatives_settings_share_the_mined_folder():
     a, b, c = (sweep.point_configs(Path("O"), base(), s, "test") for s in (
         {"ddro.beta": 0.2}, {"ddro.beta": 0.4}, {"negatives.negatives": 4, "ddro.beta": 0.2}))
-    assert a["negatives"] == b["negatives"] and a["ddro"]["negatives"] == b["ddro"]["negatives"] == "O/sweep/negatives/base"
+    assert a["negatives"] == b["negatives"]
+    assert a["ddro"]["negatives"] == b["ddro"]["negatives"] == "O/sweep/negatives/base"
     assert c["ddro"]["negatives"] == "O/sweep/negatives/negatives=4"
     assert a["ddro"]["output_dir"] != b["ddro"]["output_dir"] and a["eval"]["split"] == "test"
 

@@ -68,9 +68,18 @@ class PipelineArguments:
     stop_after: Optional[str] = field(default=None, metadata={"help": "stop after this stage"})
 
 
+@dataclass(frozen=True)
+class Run:
+    """A stage's retrieval run: copied to OUT/runs/<system>.<split>.run and tabulated in results.md."""
+    system: str      # its name in runs/, results.md and the report
+    row: int         # its row in the results table: BM25 first, as in the paper's tables
+    depth_key: str   # the argument bounding the documents it returns per query (its metrics claim no more)
+    arguments: str   # "module:Class" whose default applies when the config leaves `depth_key` out
+
+
 @dataclass
 class Stage:
-    name: str            # config section and output folder under OUT
+    name: str            # its key in pipeline.json and OUT/configs/<name>.json
     module: str          # its entry point
     out_key: str         # the argument naming its output
     done_file: str       # written last: the output is complete when it exists
@@ -80,6 +89,16 @@ class Stage:
     # arguments that chain the stages; None marks an input this configuration does not use: left out of
     # the stage's config, yet never settable by a preset (`check_preset_paths` sees every key)
     paths: Callable[[Path, "PipelineArguments", dict], dict]
+    folder: str = ""     # its output folder under OUT (default: the name)
+    section: str = ""    # the preset section it reads (default: the name; both evaluations read `eval`)
+    run: Optional[Run] = None  # the run it makes, if any
+    # trainer checkpoints `--resume` continues from, a glob under OUT ({folder}: the output folder);
+    # None: not a training stage (an interrupted data stage or evaluation resumes from its journal)
+    checkpoints: Optional[str] = None
+
+    def __post_init__(self):
+        self.folder = self.folder or self.name
+        self.section = self.section or self.name
 
     def upstream_of(self, config: dict) -> tuple[str, ...]:
         return self.upstream(config) if callable(self.upstream) else self.upstream
@@ -153,49 +172,57 @@ STAGES = [
           lambda out, args, preset: {"collection": str(out / "collection")}),
     Stage("dense", "ddro.dense", "out", "manifest.json", ("collection",),
           lambda out, args, preset: {**docid_embedding(preset), **preset.get("dense", {}),
-                                     "collection": str(out / "collection"), "split": args.split, "tag": "dense"}),
+                                     "collection": str(out / "collection"), "split": args.split, "tag": "dense"},
+          run=Run("dense", 1, "k", "ddro.dense:DenseArguments")),
     Stage("pseudo_queries", "ddro.pseudo_queries", "out", "manifest.json", ("collection",),
           lambda out, args, preset: {"collection": str(out / "collection")}),
     Stage("instances", "ddro.instances", "out", "manifest.json", ("collection", "docids", "pseudo_queries"),
           lambda out, args, preset: {"collection": str(out / "collection"), "docids": str(out / "docids"),
                                      "pseudo_queries": str(out / "pseudo_queries")}),
     Stage("sft", "ddro.train.sft", "output_dir", "final.json", ("docids", "instances"),
-          lambda out, args, preset: {"instances": str(out / "instances"), "docids": str(out / "docids")}),
+          lambda out, args, preset: {"instances": str(out / "instances"), "docids": str(out / "docids")},
+          checkpoints="{folder}/*/checkpoints/checkpoint-*"),  # one trainer per SFT stage folder
     Stage("bm25", "ddro.bm25", "out", "manifest.json", ("collection",),
-          lambda out, args, preset: {"collection": str(out / "collection"), "split": args.split, "tag": "bm25"}),
+          lambda out, args, preset: {"collection": str(out / "collection"), "split": args.split, "tag": "bm25"},
+          run=Run("bm25", 0, "k", "ddro.bm25.cli:BM25Arguments")),
     Stage("eval_sft", "ddro.eval.evaluate", "out", "manifest.json", ("sft", "docids", "instances"),
-          lambda out, args, preset: {**preset.get("eval", {}), "model": str(out / "sft"),
-                                     "docids": str(out / "docids"), "instances": str(out / "instances"),
-                                     "split": args.split, "tag": "sft"}),
+          lambda out, args, preset: {"model": str(out / "sft"), "docids": str(out / "docids"),
+                                     "instances": str(out / "instances"), "split": args.split, "tag": "sft"},
+          folder="eval/sft", section="eval", run=Run("sft", 2, "beams", "ddro.eval.decoding:DecodingArguments")),
     Stage("negatives", "ddro.negatives", "out", "manifest.json",
           lambda config: ("collection", "pseudo_queries", *(("sft", "docids") if config.get("checkpoint") else ())),
           negatives_paths),
     Stage("ddro", "ddro.train.ddro", "output_dir", "manifest.json", ("sft", "docids", "negatives"),
           lambda out, args, preset: {"checkpoint": str(out / "sft"), "docids": str(out / "docids"),
-                                     "negatives": str(out / "negatives")}),
+                                     "negatives": str(out / "negatives")},
+          checkpoints="{folder}.trainer/checkpoint-*"),  # the trainer's folder beside the output
     Stage("eval_ddro", "ddro.eval.evaluate", "out", "manifest.json", ("ddro", "docids", "instances"),
-          lambda out, args, preset: {**preset.get("eval", {}), "model": str(out / "ddro"),
-                                     "docids": str(out / "docids"), "instances": str(out / "instances"),
-                                     "split": args.split, "tag": "ddro"}),
+          lambda out, args, preset: {"model": str(out / "ddro"), "docids": str(out / "docids"),
+                                     "instances": str(out / "instances"), "split": args.split, "tag": "ddro"},
+          folder="eval/ddro", section="eval", run=Run("ddro", 3, "beams", "ddro.eval.decoding:DecodingArguments")),
 ]
-FOLDERS = {"eval_sft": "eval/sft", "eval_ddro": "eval/ddro"}
-RUNS = {"bm25": "bm25", "dense": "dense", "eval_sft": "sft", "eval_ddro": "ddro"}  # stage -> system name in runs/
+# The stages that make a run, in the results table's order.
+RUN_STAGES = sorted((s for s in STAGES if s.run), key=lambda s: s.run.row)
 
 
-def run_depth(stage_name: str, config: dict | None) -> int:
-    """Documents per query a system's run holds at most (its metrics claim no more): BM25's or dense's `k`,
-    an evaluation's `beams` (the defaults of those stages where the config leaves them out)."""
-    from .bm25.cli import BM25Arguments
-    from .dense import DenseArguments
-    from .eval.decoding import DecodingArguments
+def stage_named(name: str) -> Stage:
+    return next(s for s in STAGES if s.name == name)
 
-    key, args = {"bm25": ("k", BM25Arguments), "dense": ("k", DenseArguments)}.get(
-        stage_name, ("beams", DecodingArguments))
-    return int((config or {}).get(key, args.__dataclass_fields__[key].default))
+
+def run_stage_of(system: str) -> Stage:
+    return next(s for s in RUN_STAGES if s.run.system == system)
+
+
+def run_depth(stage: Stage, config: dict | None) -> int:
+    """Documents per query a stage's run holds at most (its metrics claim no more): the config's
+    `stage.run.depth_key` (BM25's or dense's `k`, an evaluation's `beams`), else that argument's default."""
+    module, name = stage.run.arguments.split(":")
+    default = getattr(importlib.import_module(module), name).__dataclass_fields__[stage.run.depth_key].default
+    return int((config or {}).get(stage.run.depth_key, default))
 
 
 def stage_folder(out: Path, stage: Stage) -> Path:
-    return out / FOLDERS.get(stage.name, stage.name)
+    return out / stage.folder
 
 
 # Arguments naming a place a stage writes to (besides its output, which the pipeline sets).
@@ -207,20 +234,17 @@ def check_preset_paths(preset: dict, out: Path, args: "PipelineArguments", name:
     """A preset chooses settings, not where things go: it may not set the paths that chain the
     stages, and any place it makes a stage write to must stay inside OUT."""
     for stage in STAGES:
-        sections = {stage.name: preset.get(stage.name, {})}
-        if stage.name.startswith("eval_"):
-            sections = {"eval": preset.get("eval", {})}
+        section = stage.section
         chained = {stage.out_key, *stage.paths(out, args, {})} - {"split", "tag", "queries"}
-        for section, values in sections.items():
-            for key, value in values.items():
-                if key in chained:
-                    raise DDROError(f"preset {name}: section '{section}' sets '{key}', which the pipeline sets "
-                                    "(stage inputs and outputs live in OUT)")
-                if key in WRITTEN and value is not None:
-                    inside = Path(str(value)).resolve()
-                    if inside != out.resolve() and out.resolve() not in inside.parents:
-                        raise DDROError(f"preset {name}: section '{section}' key '{key}' ({value}) points "
-                                        f"outside the output folder {out}")
+        for key, value in preset.get(section, {}).items():
+            if key in chained:
+                raise DDROError(f"preset {name}: section '{section}' sets '{key}', which the pipeline sets "
+                                "(stage inputs and outputs live in OUT)")
+            if key in WRITTEN and value is not None:
+                inside = Path(str(value)).resolve()
+                if inside != out.resolve() and out.resolve() not in inside.parents:
+                    raise DDROError(f"preset {name}: section '{section}' key '{key}' ({value}) points "
+                                    f"outside the output folder {out}")
 
 
 def check_stage_arguments(out: Path, args: "PipelineArguments", preset: dict) -> None:
@@ -229,9 +253,8 @@ def check_stage_arguments(out: Path, args: "PipelineArguments", preset: dict) ->
     from .config import check_arguments
 
     for stage in STAGES:
-        section = "eval" if stage.name.startswith("eval_") else stage.name
         check_arguments(importlib.import_module(stage.module).main, stage_config(out, args, preset, stage),
-                        f"preset {args.preset}, section '{section}'")
+                        f"preset {args.preset}, section '{stage.section}'")
 
 
 def check_split(out: Path, split: str) -> None:
@@ -246,7 +269,7 @@ def check_split(out: Path, split: str) -> None:
 
 
 def stage_config(out: Path, args: PipelineArguments, preset: dict, stage: Stage) -> dict:
-    section = {} if stage.name.startswith("eval_") else preset.get(stage.name, {})
+    section = preset.get(stage.section, {})
     paths = {k: v for k, v in stage.paths(out, args, preset).items() if v is not None}
     return {**section, **paths, stage.out_key: str(stage_folder(out, stage))}
 
@@ -256,16 +279,9 @@ def output_hash(out: Path, stage: Stage) -> str | None:
     return sha256_file(done) if done.is_file() else None
 
 
-RESUMABLE = ("sft", "ddro")  # training stages: `--resume` continues from their trainer checkpoints
-
-
-def has_checkpoints(folder: Path, stage: Stage) -> bool:
+def has_checkpoints(out: Path, stage: Stage) -> bool:
     """Whether an interrupted training stage left trainer checkpoints to resume from."""
-    if stage.name == "sft":
-        return folder.is_dir() and any(folder.glob("*/checkpoints/checkpoint-*"))
-    if stage.name == "ddro":
-        return any(Path(f"{folder}.trainer").glob("checkpoint-*"))
-    return False
+    return stage.checkpoints is not None and any(out.glob(stage.checkpoints.format(folder=stage.folder)))
 
 
 def run_stage(out: Path, stage: Stage, config: dict, state: dict) -> None:
@@ -283,7 +299,7 @@ def run_stage(out: Path, stage: Stage, config: dict, state: dict) -> None:
     write_json(config_file, config)
     folder = stage_folder(out, stage)
     argv = ["--config", str(config_file)]
-    if previous.get("started") == record and has_checkpoints(folder, stage):
+    if previous.get("started") == record and has_checkpoints(out, stage):
         # interrupted with this very config: continue from its last trainer checkpoint
         log.info("[%s] resuming the interrupted run", stage.name)
         argv += ["--resume", "true"]
@@ -292,7 +308,7 @@ def run_stage(out: Path, stage: Stage, config: dict, state: dict) -> None:
         # resumes by itself from its journal beside the output, which is kept)
         if folder.exists():
             shutil.rmtree(folder)
-        argv += ["--overwrite", "true"] if stage.name in RESUMABLE else []
+        argv += ["--overwrite", "true"] if stage.checkpoints else []  # stale trainer checkpoints go too
     state[stage.name] = {"started": record}
     write_json(out / STATE, state)
     log.info("[%s] ddro %s %s", stage.name, stage.module, " ".join(argv))
@@ -310,8 +326,8 @@ def write_results(out: Path, split: str) -> Path:
 
     systems, per_query = {}, {}
     (out / "runs").mkdir(exist_ok=True)
-    for stage_name, system in RUNS.items():
-        folder = stage_folder(out, next(s for s in STAGES if s.name == stage_name))
+    for stage in RUN_STAGES:
+        folder, system = stage_folder(out, stage), stage.run.system
         if (folder / "metrics.json").is_file():
             shutil.copyfile(folder / "run.trec", out / "runs" / f"{system}.{split}.run")
             systems[system] = read_json(folder / "metrics.json")
@@ -333,7 +349,7 @@ def write_results(out: Path, split: str) -> Path:
 
 def run_pipeline(args: PipelineArguments) -> Path:
     preset = load_preset(args.preset)
-    unknown = set(preset) - {s.name for s in STAGES} - {"eval"}
+    unknown = set(preset) - {s.section for s in STAGES}
     if unknown:
         raise DDROError(f"preset {args.preset}: unknown stage sections {sorted(unknown)}")
     if args.stop_after and args.stop_after not in {s.name for s in STAGES}:

@@ -24,7 +24,7 @@ from .config import entry_point, parse_args
 from .errors import DDROError
 from .io import sha256_file
 from .manifest import MANIFEST
-from .pipeline import RUNS, STAGES, STATE, Stage, run_depth, stage_folder
+from .pipeline import RUN_STAGES, STAGES, STATE, Stage, run_depth, stage_folder
 
 OK, STALE, MISSING, CORRUPT = "OK", "STALE", "MISSING", "CORRUPT"
 SEVERITY = {OK: 0, STALE: 1, CORRUPT: 2, MISSING: 3}
@@ -187,8 +187,8 @@ def check_state(out: Path, stage: Stage, state: dict, check: Check) -> None:
 
 
 def pipeline_split(state: dict | None, results: Path) -> str:
-    for name in ("bm25", "eval_sft", "eval_ddro"):
-        split = ((state or {}).get(name) or {}).get("config", {}).get("split")
+    for stage in RUN_STAGES:  # every run is of the evaluated split
+        split = ((state or {}).get(stage.name) or {}).get("config", {}).get("split")
         if split:
             return split
     if results.is_file():
@@ -217,18 +217,18 @@ def system_metrics(out: Path, state: dict | None, split: str) -> dict[str, tuple
     from .eval.metrics import evaluate
 
     result = {}
-    for stage_name, system in RUNS.items():
-        run = out / "runs" / f"{system}.{split}.run"
+    for stage in RUN_STAGES:
+        run = out / "runs" / f"{stage.run.system}.{split}.run"
         if run.is_file():
-            config = ((state or {}).get(stage_name) or {}).get("config")
-            result[system] = evaluate(run, eval_qrels(out, split, config), run_depth(stage_name, config))
+            config = ((state or {}).get(stage.name) or {}).get("config")
+            result[stage.run.system] = evaluate(run, eval_qrels(out, split, config), run_depth(stage, config))
     return result
 
 
 def check_runs(out: Path, split: str, check: Check) -> None:
-    for stage_name, system in RUNS.items():
-        source = stage_folder(out, next(s for s in STAGES if s.name == stage_name)) / "run.trec"
-        copy = out / "runs" / f"{system}.{split}.run"
+    for stage in RUN_STAGES:
+        source = stage_folder(out, stage) / "run.trec"
+        copy = out / "runs" / f"{stage.run.system}.{split}.run"
         if not copy.is_file():
             check.add(MISSING, f"runs/{copy.name} not found")
         elif not source.is_file():

@@ -41,6 +41,7 @@ from ..io import Journal, atomic_dir, check_output, dumps_line, iter_jsonl, part
 from ..manifest import manifest_hash, manifest_hash_or_none, read_manifest, write_manifest
 from ..modeling.build import special_ids
 from ..modeling.checkpoint import is_plain_checkpoint, resolve_checkpoint
+from ..padding import pad_queries
 from .constrained import constrained_generate
 from .decoding import DecodingArguments
 from .metrics import write_run_folder
@@ -146,12 +147,7 @@ def generate_run(model, pad_id: int, queries: list[dict], table: DocidTable, dec
     model.eval()
     for start in tqdm(range(len(run), len(queries), batch_size), desc="eval", unit="batch"):
         batch = queries[start:start + batch_size]
-        width = max(len(q["input_ids"]) for q in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, q in enumerate(batch):
-            ids[i, :len(q["input_ids"])] = torch.tensor(q["input_ids"])
-            mask[i, :len(q["input_ids"])] = 1
+        ids, mask = pad_queries([q["input_ids"] for q in batch], pad_id)
         results = constrained_generate(model, ids.to(device), mask.to(device), trie, decoding=decoding)
         for q, result in zip(batch, results):
             run[q["query_id"]] = rank_documents(result, table)

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from ..config import entry_point, parse_args
 from ..docids.table import DocidTable
 from ..errors import DDROError
+from ..padding import IGNORE, pad_rows
 from .trie import DocidTrie
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,12 @@ class RescoreArguments:
 def docid_log_probs(model, query_ids: list[int], docids: list[tuple[int, ...]], trie: DocidTrie) -> list[float]:
     """Summed log-probability of each docid given the query, by teacher forcing (`docid_logps`, the
     training path's); the docid ends as in `trie`: with no end token under `free_end`, else with it."""
-    from ..train.ddro_loss import IGNORE, docid_logps
+    from ..train.ddro_loss import docid_logps
 
     if not trie.free_end:
         docids = [d if d[-1] == trie.end_token else (*d, trie.end_token) for d in docids]
     device = next(model.parameters()).device
-    labels = torch.full((len(docids), max(map(len, docids))), IGNORE, dtype=torch.long)
-    for i, d in enumerate(docids):
-        labels[i, :len(d)] = torch.tensor(d)
+    labels = pad_rows(docids, IGNORE)
     query = torch.tensor([query_ids], device=device).expand(len(docids), -1)
     with torch.no_grad():
         return docid_logps(model, query, torch.ones_like(query), labels.to(device)).cpu().tolist()

@@ -52,7 +52,8 @@ class InstancesArguments:
         "help": "pseudo-queries folder (`ddro pseudo-queries`) for stage 2"})
     other_docids: Optional[str] = field(default=None, metadata={
         "help": "a docid folder with another encoding, for the stage-1 enhanced-docid instances"})
-    train_split: str = field(default="train", metadata={"help": "qrels split for stage 3; the others become eval files"})
+    train_split: str = field(default="train", metadata={
+        "help": "qrels split for stage 3; the others become eval files"})
     lowercase: bool = field(default=True, metadata={"help": "lowercase every input text"})
     stage1_max_length: int = field(default=128, metadata={"help": "input tokens of stage-1 instances"})
     query_max_length: int = field(default=64, metadata={"help": "input tokens of stages 2-3 and eval queries"})

@@ -50,7 +50,8 @@ MARKS = (("bm25", "†"), ("sft", "‡"))  # system compared against, mark when 
 
 @dataclass
 class ReportArguments:
-    outputs: list[str] = field(metadata={"help": "pipeline output folders (also positional: ddro report OUT [OUT2 ...])"})
+    outputs: list[str] = field(metadata={
+        "help": "pipeline output folders (also positional: ddro report OUT [OUT2 ...])"})
     out: Optional[str] = field(default=None, metadata={
         "help": "folder for report.md and report/ (default: OUT; required with several outputs)"})
     labels: Optional[list[str]] = field(default=None, metadata={
@@ -296,7 +297,8 @@ def run(args: ReportArguments) -> Path:
 def main(argv: Optional[list[str]] = None):
     """Write report.md and PNG plots for one or more pipeline outputs: the systems table with
     paired t-tests (against BM25 and SFT), metrics versus beam size, training curves,
-    DDRO's per-query wins and losses over SFT, and phase 2's log-probs and first relevant ranks. Usage: ddro report OUT [OUT2 ...] [--out DIR]."""
+    DDRO's per-query wins and losses over SFT, and phase 2's log-probs and first relevant ranks.
+    Usage: ddro report OUT [OUT2 ...] [--out DIR]."""
     argv = leading_positionals(sys.argv[1:] if argv is None else argv, "--outputs")
     (args,) = parse_args([ReportArguments], argv, prog="ddro report", description=main.__doc__)
     path = run(args)

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import DDROError
 from ..io import read_json
 from ..manifest import MANIFEST, manifest_hash
-from ..pipeline import RUNS, STATE, run_depth
+from ..pipeline import RUN_STAGES, STATE, run_depth, run_stage_of
 from ..verify import eval_qrels, model_folder, pipeline_split
 
 log = logging.getLogger(__name__)
@@ -44,14 +44,15 @@ def load_output(path: Path, label: str) -> Output:
     state = read_json(path / STATE) if (path / STATE).is_file() else {}
     split = pipeline_split(state, path / "results.md")
     aggregate, per_query = {}, {}
-    for stage_name, system in RUNS.items():
+    for stage in RUN_STAGES:
+        system = stage.run.system
         run = path / "runs" / f"{system}.{split}.run"
         if not run.is_file():
             raise DDROError(f"{path}: {run.relative_to(path)} not found (finish the pipeline first: "
                             f"ddro pipeline --output {path})")
-        config = state.get(stage_name, {}).get("config")
+        config = state.get(stage.name, {}).get("config")
         aggregate[system], per_query[system] = evaluate(run, eval_qrels(path, split, config),
-                                                        run_depth(stage_name, config))
+                                                        run_depth(stage, config))
     return Output(label, path, split, state, aggregate, per_query)
 
 
@@ -137,8 +138,7 @@ def system_ranks(output: Output, system: str) -> dict[str, int | None]:
     """First relevant ranks of a system's `runs/<system>.<split>.run` on the qrels it was evaluated on."""
     from ..eval.runs import read_run
 
-    stage = next(name for name, s in RUNS.items() if s == system)
-    config = output.state.get(stage, {}).get("config")
+    config = output.state.get(run_stage_of(system).name, {}).get("config")
     run = read_run(output.path / "runs" / f"{system}.{output.split}.run")
     return first_relevant_ranks(run, eval_qrels(output.path, output.split, config))
 
@@ -146,7 +146,8 @@ def system_ranks(output: Output, system: str) -> dict[str, int | None]:
 # ------------------------------------------------------------------ beam sizes
 
 def preset_beams(output: Output) -> int | None:
-    beams = [output.state.get(s, {}).get("config", {}).get("beams") for s in ("eval_sft", "eval_ddro")]
+    evaluations = [s.name for s in RUN_STAGES if s.run.depth_key == "beams"]
+    beams = [output.state.get(s, {}).get("config", {}).get("beams") for s in evaluations]
     beams = [b for b in beams if isinstance(b, int)]
     return max(beams) if beams else None
 
@@ -195,6 +196,7 @@ def cached(folder: Path, model_hash: str, decoding: dict, split: str, max_querie
         return False
     config = manifest.get("config", {})
     return (manifest.get("inputs", {}).get("model") == model_hash
-            and all(config.get(k) == v for k, v in decoding.items()) and config.get("split") == split and config.get("max_queries") == max_queries
+            and all(config.get(k) == v for k, v in decoding.items())
+            and config.get("split") == split and config.get("max_queries") == max_queries
             and (folder / "metrics.json").is_file())
 

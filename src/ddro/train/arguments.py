@@ -1,9 +1,11 @@
-"""Arguments of the training stages (`ddro train sft`), parsed with `ddro.config.parse_args`.
+"""Arguments of the training stages, parsed with `ddro.config.parse_args`.
 
 `ModelArguments` (the construction) lives in `ddro.modeling` and is re-exported here.
-Optimisation settings are `transformers.TrainingArguments` with the paper's defaults
-(learning rate 1e-3, linear decay, gradient clipping 5.0); per-stage epochs, learning
-rates and batch sizes override them stage by stage.
+`BaseTrainingArguments` is `transformers.TrainingArguments` plus what both training stages
+add (--precision, --report_to auto, a required --output_dir); `SftTrainingArguments` sets
+SFT's defaults from the paper (learning rate 1e-3, linear decay, gradient clipping 5.0), which
+per-stage epochs, learning rates and batch sizes override stage by stage. DDRO's defaults are
+`ddro.train.ddro.DDROTrainingArguments`.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from ..modeling.build import ModelArguments
 SCHEDULES = ("sequential", "mixed")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-__all__ = ["ModelArguments", "DataArguments", "SftArguments", "SftTrainingArguments", "SCHEDULES"]
+__all__ = ["ModelArguments", "DataArguments", "SftArguments", "BaseTrainingArguments", "SftTrainingArguments",
+           "SCHEDULES"]
 
 
 @dataclass
@@ -68,17 +71,9 @@ def _default_report_to() -> str:
 
 
 @dataclass
-class SftTrainingArguments(TrainingArguments):
-    output_dir: Optional[str] = field(default=None, metadata={
-        "help": "output folder: stage1/, stage2/, stage3/ (or mixed/) and final.json (required)"})
-    num_train_epochs: float = field(default=3.0, metadata={
-        "help": "not used: epochs are --stage_epochs (sequential) or --mix_epochs (mixed)"})
-    max_steps: int = field(default=-1, metadata={"help": "if > 0: steps per stage, overriding the epochs"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate (paper: 1e-3)"})
-    max_grad_norm: float = field(default=5.0, metadata={"help": "gradient clipping (paper: 5.0)"})
-    logging_steps: float = field(default=50, metadata={"help": "log every N steps"})
-    save_steps: float = field(default=1000, metadata={"help": "checkpoint every N steps (stageN/checkpoints/)"})
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "keep at most N checkpoints per stage"})
+class BaseTrainingArguments(TrainingArguments):
+    """What both training stages (SFT, DDRO) add to `transformers.TrainingArguments`."""
+    output_dir: Optional[str] = field(default=None, metadata={"help": "output folder (required)"})
     report_to: Optional[str] = field(default="auto", metadata={
         "help": "auto: tensorboard when installed, else none; or any Trainer integration"})
     precision: str = field(default="auto", metadata={
@@ -103,6 +98,21 @@ class SftTrainingArguments(TrainingArguments):
             # torchrun on CPUs: accelerate only distributes CPU processes (gloo) when told to use the CPU
             self.use_cpu = True
         super().__post_init__()
+
+
+@dataclass
+class SftTrainingArguments(BaseTrainingArguments):
+    """SFT's defaults (the paper's)."""
+    output_dir: Optional[str] = field(default=None, metadata={
+        "help": "output folder: stage1/, stage2/, stage3/ (or mixed/) and final.json (required)"})
+    num_train_epochs: float = field(default=3.0, metadata={
+        "help": "not used: epochs are --stage_epochs (sequential) or --mix_epochs (mixed)"})
+    max_steps: int = field(default=-1, metadata={"help": "if > 0: steps per stage, overriding the epochs"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate (paper: 1e-3)"})
+    max_grad_norm: float = field(default=5.0, metadata={"help": "gradient clipping (paper: 5.0)"})
+    logging_steps: float = field(default=50, metadata={"help": "log every N steps"})
+    save_steps: float = field(default=1000, metadata={"help": "checkpoint every N steps (stageN/checkpoints/)"})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "keep at most N checkpoints per stage"})
 
 
 def _has_accelerator() -> bool:

@@ -19,11 +19,9 @@ from tqdm.auto import tqdm
 from ..docids.table import DocidTable
 from ..errors import DDROError, InputError
 from ..io import iter_jsonl
+from ..padding import IGNORE, pad_queries, pad_rows
 
 log = logging.getLogger(__name__)
-
-LABEL_PAD = -100  # ignored by the cross-entropy loss; never a real token id
-
 
 def _is_ids(value) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(t, int) and t >= 0 for t in value)
@@ -171,21 +169,8 @@ class Seq2SeqCollator:
     start token, -100 replaced by pad), so no decoder_input_ids are made here.
     """
     pad_token_id: int
-    pad_to_multiple_of: int | None = None
-
-    def _width(self, seqs) -> int:
-        width = max(map(len, seqs))
-        m = self.pad_to_multiple_of
-        return -(-width // m) * m if m else width
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        inputs = [f["input_ids"] for f in features]
-        labels = [f["labels"] for f in features]
-        input_ids = torch.full((len(inputs), self._width(inputs)), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        label_ids = torch.full((len(labels), max(map(len, labels))), LABEL_PAD, dtype=torch.long)
-        for i, (x, y) in enumerate(zip(inputs, labels)):
-            input_ids[i, :len(x)] = torch.as_tensor(x)
-            attention[i, :len(x)] = 1
-            label_ids[i, :len(y)] = torch.as_tensor(y)
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": label_ids}
+        input_ids, attention = pad_queries([f["input_ids"] for f in features], self.pad_token_id)
+        return {"input_ids": input_ids, "attention_mask": attention,
+                "labels": pad_rows([f["labels"] for f in features], IGNORE)}

@@ -65,7 +65,7 @@ from ..io import atomic_dir, check_output, write_json
 from ..manifest import manifest_hash, write_manifest
 from ..negatives import Negatives
 from . import reference
-from .arguments import SftTrainingArguments
+from .arguments import BaseTrainingArguments
 from .ddro_loss import GROUPED, LOSSES, check_loss
 from .ddro_trainer import DDROTrainer, WarmupCheck, disable_dropout
 from .pairs import (
@@ -126,8 +126,8 @@ class DDROArguments:
 
 
 @dataclass
-class DDROTrainingArguments(SftTrainingArguments):
-    """`transformers.TrainingArguments` with the paper's DDRO defaults (and SFT's --precision, --report_to)."""
+class DDROTrainingArguments(BaseTrainingArguments):
+    """`transformers.TrainingArguments` with the paper's DDRO defaults (and the shared --precision, --report_to)."""
     output_dir: Optional[str] = field(default=None, metadata={"help": "the DDRO checkpoint folder to write (required)"})
     num_train_epochs: float = field(default=2.0, metadata={"help": "epochs (paper: 2)"})
     max_steps: int = field(default=-1, metadata={"help": "if > 0: training steps, overriding the epochs"})

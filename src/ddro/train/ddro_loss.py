@@ -35,8 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DDROError
-
-IGNORE = -100
+from ..padding import IGNORE, stack_padded
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -150,13 +149,6 @@ def decoder_inputs(model, labels: torch.Tensor) -> torch.Tensor:
     return model.prepare_decoder_input_ids_from_labels(labels=labels)
 
 
-def pad_labels(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Stack two label matrices [B, La], [B, Lb] into [2B, max(La, Lb)], padding with -100."""
-    width = max(a.shape[1], b.shape[1])
-    return torch.cat([F.pad(a, (0, width - a.shape[1]), value=IGNORE),
-                      F.pad(b, (0, width - b.shape[1]), value=IGNORE)])
-
-
 def docid_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
     """log p(docid | query) per row through the model's own forward (works through DDP wrappers)."""
@@ -192,7 +184,7 @@ def list_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, cho
     real = rejected_mask.reshape(-1).bool()
     queries = torch.arange(b, device=input_ids.device)
     owner = torch.cat([queries, queries.repeat_interleave(k)[real]])
-    labels = pad_labels(chosen_labels, rejected_labels.reshape(b * k, -1)[real])
+    labels = stack_padded(chosen_labels, rejected_labels.reshape(b * k, -1)[real])
     if share_encoder:
         logps = grouped_logps(model, input_ids, attention_mask, labels, owner)
     else:

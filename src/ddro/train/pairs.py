@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DDROError
-from .ddro_loss import IGNORE
+from ..padding import IGNORE, pad_queries, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -76,18 +76,6 @@ class PairDataset(torch.utils.data.Dataset):
                 "ref_chosen": float(self.ref_chosen[i]), "ref_rejected": float(self.ref_rejected[i])}
 
 
-def pad(rows, value: int) -> torch.Tensor:
-    width = max(map(len, rows))
-    return torch.tensor([list(r) + [value] * (width - len(r)) for r in rows], dtype=torch.long)
-
-
-def pad_queries(queries: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded input ids and their attention mask, taken from the lengths (not from the pad id)."""
-    lengths = torch.tensor([len(q) for q in queries])
-    input_ids = pad(queries, pad_token_id)
-    return input_ids, (torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]).long()
-
-
 def group_rows(rows: np.ndarray) -> np.ndarray:
     """The [P, 3] rows reordered so that each (query, d+) group's rows are contiguous: groups in
     order of first appearance, negatives in file order."""
@@ -125,7 +113,7 @@ def query_and_positive(features: list[dict], pad_token_id: int) -> dict[str, tor
     """The batch's queries (right-padded, with their mask), d+ labels (-100-padded), d+ reference log-probs."""
     input_ids, attention_mask = pad_queries([f["input_ids"] for f in features], pad_token_id)
     return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "chosen_labels": pad([f["chosen"] for f in features], IGNORE),
+            "chosen_labels": pad_rows([f["chosen"] for f in features], IGNORE),
             "ref_chosen": torch.tensor([f["ref_chosen"] for f in features], dtype=torch.float32)}
 
 
@@ -136,7 +124,7 @@ class PairCollator:
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         return {**query_and_positive(features, self.pad_token_id),
-                "rejected_labels": pad([f["rejected"] for f in features], IGNORE),
+                "rejected_labels": pad_rows([f["rejected"] for f in features], IGNORE),
                 "ref_rejected": torch.tensor([f["ref_rejected"] for f in features], dtype=torch.float32)}
 
 
@@ -151,7 +139,7 @@ class GroupCollator:
         missing = [k - len(f["rejected"]) for f in features]
         slots = [d for f, m in zip(features, missing) for d in [*f["rejected"], *[()] * m]]
         return {**query_and_positive(features, self.pad_token_id),
-                "rejected_labels": pad(slots, IGNORE).reshape(len(features), k, -1),
+                "rejected_labels": pad_rows(slots, IGNORE).reshape(len(features), k, -1),
                 "rejected_mask": torch.tensor([[True] * (k - m) + [False] * m for m in missing]),
                 "ref_rejected": torch.tensor([[*f["ref_rejected"], *[0.0] * m] for f, m in zip(features, missing)],
                                              dtype=torch.float32)}

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from ..io import Journal, atomic_file, sha256_file
 from ..manifest import MANIFEST, manifest_hash
-from .ddro_loss import IGNORE, grouped_logps
-from .pairs import pad, pad_queries
+from ..padding import IGNORE, pad_queries, pad_rows
+from .ddro_loss import grouped_logps
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def compute_reference_logps(model, query_ids: list[list[int]], docid_tokens: lis
                 continue
             queries, owner = np.unique(items[lo:hi, 0], return_inverse=True)
             input_ids, mask = pad_queries([query_ids[q] for q in queries], pad_token_id)
-            labels = pad([docid_tokens[d] for d in items[lo:hi, 1]], IGNORE)
+            labels = pad_rows([docid_tokens[d] for d in items[lo:hi, 1]], IGNORE)
             logps = grouped_logps(model, input_ids.to(device), mask.to(device), labels.to(device),
                                   torch.from_numpy(owner).to(device))
             out[lo:hi] = logps.float().cpu().numpy()

@@ -28,6 +28,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from transformers import Trainer
+
 from ..config import as_dict, entry_point, parse_args
 from ..docids.table import DocidTable
 from ..errors import DDROError
@@ -45,45 +47,40 @@ log = logging.getLogger(__name__)
 STAGES = (1, 2, 3)
 STAGE_KIND = "sft_stage"
 # Training settings that must match for --resume to reuse a completed stage.
-TRAINING_KEYS = ("seed", "gradient_accumulation_steps", "max_steps", "weight_decay", "max_grad_norm", "lr_scheduler_type", "warmup_steps", "adam_beta1",
-                 "adam_beta2", "adam_epsilon", "optim")
+TRAINING_KEYS = ("seed", "gradient_accumulation_steps", "max_steps", "weight_decay", "max_grad_norm",
+                 "lr_scheduler_type", "warmup_steps", "adam_beta1", "adam_beta2", "adam_epsilon", "optim")
 RUN_KEYS = ("resume", "overwrite", "stages")  # may change between a run and its --resume
 PER_STAGE = ("stage_epochs", "stage_learning_rates", "stage_batch_sizes")
 RUN_FILE = "ddro_run.json"  # in stageN/checkpoints/: what the interrupted stage was training
 
 
-def _make_trainer_class():
-    from transformers import Trainer
+class SftTrainer(Trainer):
+    """Trainer with an optional separate learning rate for the encoder-only parameters."""
 
-    class SftTrainer(Trainer):
-        """Trainer with an optional separate learning rate for the encoder-only parameters."""
+    def __init__(self, *args, encoder_learning_rate: float | None = None, **kwargs):
+        self.encoder_learning_rate = encoder_learning_rate
+        super().__init__(*args, **kwargs)
+        # T5 and EncoderDecoderModel take **kwargs but average their loss themselves; were
+        # num_items_in_batch passed, the Trainer would not divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
 
-        def __init__(self, *args, encoder_learning_rate: float | None = None, **kwargs):
-            self.encoder_learning_rate = encoder_learning_rate
-            super().__init__(*args, **kwargs)
-            # T5 and EncoderDecoderModel take **kwargs but average their loss themselves; were
-            # num_items_in_batch passed, the Trainer would not divide by the accumulation steps.
-            self.model_accepts_loss_kwargs = False
-
-        def create_optimizer(self, model=None):
-            if self.encoder_learning_rate is None or self.optimizer is not None:
-                return super().create_optimizer(model)
-            opt_model = self.model if model is None else model
-            decay = set(self.get_decay_parameter_names(opt_model))
-            encoder_only = encoder_only_parameters(opt_model)
-            groups = []
-            # the main groups first: the Trainer logs the first group's learning rate
-            for in_encoder, lr in ((False, self.args.learning_rate), (True, self.encoder_learning_rate)):
-                for decays, wd in ((True, self.args.weight_decay), (False, 0.0)):
-                    params = [p for n, p in opt_model.named_parameters()
-                              if p.requires_grad and (id(p) in encoder_only) == in_encoder and (n in decay) == decays]
-                    if params:
-                        groups.append({"params": params, "weight_decay": wd, "lr": lr})
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
-            self.optimizer = optimizer_cls(groups, **kwargs)
-            return self.optimizer
-
-    return SftTrainer
+    def create_optimizer(self, model=None):
+        if self.encoder_learning_rate is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        encoder_only = encoder_only_parameters(opt_model)
+        groups = []
+        # the main groups first: the Trainer logs the first group's learning rate
+        for in_encoder, lr in ((False, self.args.learning_rate), (True, self.encoder_learning_rate)):
+            for decays, wd in ((True, self.args.weight_decay), (False, 0.0)):
+                params = [p for n, p in opt_model.named_parameters()
+                          if p.requires_grad and (id(p) in encoder_only) == in_encoder and (n in decay) == decays]
+                if params:
+                    groups.append({"params": params, "weight_decay": wd, "lr": lr})
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
 
 
 def encoder_only_parameters(model) -> set[int]:
@@ -299,7 +296,7 @@ def train_stage(ctx: Context, stage, dataset: InstanceDataset, init: Path | None
     elif ctx.model_args.freeze_encoder_embeddings:
         log.info("froze %s encoder embedding parameters", f"{freeze_encoder_embeddings(model):,}")
     args = stage_training_args(ctx, folder, epochs, lr, batch, sequential=stage == "mixed")
-    trainer = _make_trainer_class()(
+    trainer = SftTrainer(
         model=model, args=args, train_dataset=dataset, data_collator=Seq2SeqCollator(tokenizer.pad_token_id),
         processing_class=tokenizer, encoder_learning_rate=ctx.sft.encoder_learning_rate, callbacks=[FaultHook()])
     if args.fp16 and info["construction"].startswith("t5"):
