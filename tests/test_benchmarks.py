@@ -110,3 +110,16 @@ def test_pipeline_cost_estimate_uses_the_gpu_rates(cost_run):
         if e["seconds"] is None:
             assert re.search(rf"^\| {e['stage']} \| .* \| n/a: mostly start-up here \|", stdout, re.M)
     assert "An estimate, not a measurement" in stdout and "GPU basis" in stdout
+
+
+@pytest.mark.fast
+def test_ddro_step_times_every_variant_and_every_loss():
+    from ddro.train.ddro_loss import LOSSES
+
+    proc = run([sys.executable, str(BENCH / "ddro_step.py"), "--batch", "2", "--d-model", "32", "--d-ff", "64",
+                "--layers", "1", "--heads", "2", "--vocab", "50", "--docid-rows", "16", "--steps", "1",
+                "--threads", "1"], PYTHONPATH=str(ROOT / "src"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for name in ("precomputed", "on-the-fly", "trl-style", *LOSSES):
+        match = re.search(rf"^\s+{name}\s+{NUMBER} ms/step", proc.stdout, re.M)
+        assert match and float(match.group(1)) > 0, (name, proc.stdout)
