@@ -301,13 +301,18 @@ def cell(value: float | None, digits: int = 4) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def p_cell(value: float | None) -> str:
+    """A p-value to 3 significant digits: 2e-25 stays 2e-25, not 0.000."""
+    return "" if value is None else f"{value:.3g}"
+
+
 def points_table(rows: list[dict], sft: dict) -> list[str]:
     header = [*METRICS, *(f"p {m}" for m in TESTED)]
     lines = ["| point | " + " | ".join(header) + " |", "|---|" + "---:|" * len(header),
              "| SFT (reference) | " + " | ".join(cell(sft.get(m)) for m in METRICS) + " |" + " |" * len(TESTED)]
     for r in rows:
         name = f"**{r['name']}** (best)" if r["best"] else r["name"]
-        cells = [cell(r["metrics"].get(m)) for m in METRICS] + [cell(r["p"].get(m), 3) for m in TESTED]
+        cells = [cell(r["metrics"].get(m)) for m in METRICS] + [p_cell(r["p"].get(m)) for m in TESTED]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
@@ -321,7 +326,7 @@ def seeds_table(summary: list[dict]) -> list[str]:
             stat = s["metrics"].get(m)
             cells.append("" if stat is None else f"{stat['mean']:.4f} ± {cell(stat['std']) or 'n/a'}")
         seeds = ", ".join(map(str, s["seeds"]))
-        ps = ", ".join(f"{seed}: {cell(p, 3)}" for seed, p in zip(s["seeds"], s["p"]))
+        ps = ", ".join(f"{seed}: {p_cell(p)}" for seed, p in zip(s["seeds"], s["p"]))
         lines.append(f"| {s['setting']} | {seeds} | " + " | ".join(cells) + f" | {ps} |")
     return lines
 

@@ -216,7 +216,7 @@ def test_seeds_give_mean_std_and_each_seeds_p():
     assert first["metrics"]["MRR@10"]["mean"] == pytest.approx(0.4)
     assert first["metrics"]["MRR@10"]["std"] == pytest.approx(0.1)
     assert summary[1]["metrics"]["MRR@10"]["std"] is None  # one seed: no spread
-    assert "0.4000 ± 0.1000" in sweep.seeds_table(summary)[2] and "| 1: 0.010, 2: 0.040, 3: 0.200 |" in \
+    assert "0.4000 ± 0.1000" in sweep.seeds_table(summary)[2] and "| 1: 0.01, 2: 0.04, 3: 0.2 |" in \
         sweep.seeds_table(summary)[2]
 
 
