@@ -26,6 +26,11 @@ anything runs: an unknown key fails at once, naming the point.
         --set ddro.learning_rate=1e-6,1e-5 --set ddro.loss_type=sigmoid,rpo
     python benchmarks/phase2_sweep.py OUT --grid grid.yaml           # {ddro: {beta: [0.2, 0.4]}, ...}
     python benchmarks/phase2_sweep.py OUT --split test --set ddro.learning_rate=1e-5 --seeds 1,2,3
+    python benchmarks/phase2_sweep.py OUT --set negatives.source=model --rounds 2   # + a second round
+
+`--rounds N` follows each point with rounds 2..N: negatives re-mined by the previous round's
+phase-2 checkpoint (model sources only), which the round also starts from and takes as its
+reference; each round is scored as its own row ('<point>,round=n', in OUT/sweep/<point>/round<n>/).
 
 Values are read with yaml.safe_load (`1e-5` stays the text '1e-5': the stages' parsers convert it);
 a value holding commas is given as a YAML list: --set 'negatives.bands=["1-10,11-100"]'.
@@ -63,6 +68,8 @@ def uses_model(negatives: dict) -> bool:
     """Negatives mined with the SFT model (alone or in a mix) need its checkpoint and docids."""
     source = negatives.get("source")
     return source == "model" or (source == "mixed" and "model" in str(negatives.get("mix", "")))
+
+
 MODULES = {"negatives": "ddro.negatives", "ddro": "ddro.train.ddro", "eval": "ddro.eval.evaluate"}
 METRICS = ("MRR@10", "nDCG@10", "R@1", "R@10")
 TESTED = ("MRR@10", "nDCG@10")  # metrics with a paired t-test against SFT
@@ -190,6 +197,39 @@ def point_configs(out: Path, base: dict[str, dict], settings: dict[str, Any], sp
     evaluation = {**base["eval_sft"], "model": ddro["output_dir"], "split": split, "tag": "ddro",
                   "out": str(folder / "eval" / split)}
     return {"negatives": negatives, "ddro": ddro, "eval": evaluation}
+
+
+def round_configs(previous: dict[str, dict], folder: Path, n: int) -> dict[str, dict]:
+    """Round n (>= 2) of a point: negatives re-mined with round n-1's phase-2 checkpoint, which is
+    also the new round's starting point and reference (iterative DPO)."""
+    checkpoint = previous["ddro"]["output_dir"]
+    where = folder / f"round{n}"
+    negatives = {**previous["negatives"], "checkpoint": checkpoint, "out": str(where / "negatives")}
+    ddro = {**previous["ddro"], "checkpoint": checkpoint, "negatives": negatives["out"],
+            "output_dir": str(where / "ddro")}
+    split = previous["eval"]["split"]
+    evaluation = {**previous["eval"], "model": ddro["output_dir"], "out": str(where / "eval" / split)}
+    return {"negatives": negatives, "ddro": ddro, "eval": evaluation}
+
+
+def with_rounds(names: list[str], points: list[dict], configs: list[dict], out: Path,
+                rounds: int) -> tuple[list[str], list[dict], list[dict]]:
+    """Each point followed by its rounds 2..`rounds` (named '<point>,round=n'); only model-mined
+    negatives can be re-mined."""
+    if rounds < 1:
+        raise DDROError(f"--rounds must be at least 1, got {rounds}")
+    all_names, all_points, all_configs = [], [], []
+    for name, point, config in zip(names, points, configs):
+        if rounds > 1 and not uses_model(config["negatives"]):
+            raise DDROError(f"point {name}: --rounds {rounds} re-mines negatives with the phase-2 model, "
+                            "which needs negatives.source model (or a mix holding it)")
+        for n in range(1, rounds + 1):
+            if n > 1:
+                config = round_configs(config, out / "sweep" / name, n)
+            all_names.append(name if n == 1 else f"{name},round={n}")
+            all_points.append(point if n == 1 else {**point, "round": n})
+            all_configs.append(config)
+    return all_names, all_points, all_configs
 
 
 def check_points(points: list[dict[str, dict]], names: list[str]) -> None:
@@ -366,6 +406,8 @@ def parse_cli(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seeds", default=None, help="phase-2 seeds (ddro.seed), e.g. 1,2,3: each point once per "
                         "seed, reported as mean ± std with each seed's p against SFT")
     parser.add_argument("--split", default="dev", help="split to evaluate the points on (select on dev)")
+    parser.add_argument("--rounds", type=int, default=1, help="phase-2 rounds per point: round n >= 2 re-mines "
+                        "model negatives with round n-1's checkpoint and trains from it (model sources only)")
     parser.add_argument("--dry_run", action="store_true", help="print every point's configs, run nothing")
     return parser.parse_args(argv)
 
@@ -383,7 +425,8 @@ def plan(args: argparse.Namespace) -> tuple[list[str], list[dict], list[dict], d
     points = expand_grid(grid, seeds)
     base = base_configs(args.out)
     configs = [point_configs(args.out, base, p, args.split) for p in points]
-    return [settings_name(p) for p in points], points, configs, base
+    names, points, configs = with_rounds([settings_name(p) for p in points], points, configs, args.out, args.rounds)
+    return names, points, configs, base
 
 
 def sweep(args: argparse.Namespace) -> Path | None:
@@ -397,7 +440,7 @@ def sweep(args: argparse.Namespace) -> Path | None:
     rows = []
     for i, (name, settings, config) in enumerate(zip(names, points, configs), start=1):
         log.info("point %d/%d: %s", i, len(names), name)
-        eval_dir = run_point(config, args.out / "sweep" / name)
+        eval_dir = run_point(config, Path(config["ddro"]["output_dir"]).parent)
         rows.append({"name": name, "settings": settings, **score(eval_dir, sft_dir)})
     return write_results(args.out, args.split, sft_dir, rank_rows(rows, args.split == "dev"), bool(args.seeds))
 

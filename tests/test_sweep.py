@@ -245,3 +245,23 @@ def test_a_sweep_runs_on_the_micro_pipeline_output_and_resumes(pipeline_out, tmp
     stamps = {p: p.stat().st_mtime_ns for p in (out / "sweep").rglob("manifest.json")}
     sweep.main(argv)
     assert {p: p.stat().st_mtime_ns for p in (out / "sweep").rglob("manifest.json")} == stamps
+
+
+def test_rounds_chain_each_round_on_the_previous_phase2_checkpoint():
+    out = Path("O")
+    settings = {"negatives.source": "model", "ddro.learning_rate": 1e-5}
+    first = sweep.point_configs(out, base(), settings, "dev")
+    names, points, configs = sweep.with_rounds(["p"], [settings], [first], out, 3)
+    assert names == ["p", "p,round=2", "p,round=3"] and points[2]["round"] == 3
+    for previous, current in zip(configs, configs[1:]):
+        trained = previous["ddro"]["output_dir"]
+        # mined with, started from and referenced to the previous round's model; scored alone
+        assert current["negatives"]["checkpoint"] == current["ddro"]["checkpoint"] == trained
+        assert current["ddro"]["negatives"] == current["negatives"]["out"] != previous["negatives"]["out"]
+        assert current["eval"]["model"] == current["ddro"]["output_dir"] != trained
+        assert current["eval"]["out"] != previous["eval"]["out"]
+    assert configs[0]["ddro"]["checkpoint"] == "O/sft"
+    bm25 = sweep.point_configs(out, base(), {"negatives.source": "bm25"}, "dev")
+    assert sweep.with_rounds(["b"], [{}], [bm25], out, 1)[0] == ["b"]
+    with pytest.raises(DDROError, match="source model"):
+        sweep.with_rounds(["b"], [{}], [bm25], out, 2)
