@@ -189,6 +189,12 @@ def point_configs(out: Path, base: dict[str, dict], settings: dict[str, Any], sp
     if uses_model(negatives):
         negatives.setdefault("checkpoint", str(out / "sft"))
         negatives.setdefault("docids", str(out / "docids"))
+    else:  # a pipeline mined with the model: its model-only arguments do not carry over to other sources
+        from ddro.negative_sources import SOURCES
+
+        for key in SOURCES["model"].uses:
+            if key not in mined:
+                negatives.pop(key, None)
     negatives["out"] = str(out / "sweep" / "negatives" / settings_name(mined))
     folder = out / "sweep" / settings_name(settings)
     ddro = {**base["ddro"], **section(settings, "ddro"), "negatives": negatives["out"],

@@ -265,3 +265,12 @@ def test_rounds_chain_each_round_on_the_previous_phase2_checkpoint():
     assert sweep.with_rounds(["b"], [{}], [bm25], out, 1)[0] == ["b"]
     with pytest.raises(DDROError, match="source model"):
         sweep.with_rounds(["b"], [{}], [bm25], out, 2)
+
+
+def test_a_pipeline_that_mined_with_the_model_lends_no_checkpoint_to_other_sources():
+    mined_with_model = base()
+    mined_with_model["negatives"].update(source="model", checkpoint="O/sft", docids="O/docids", beams=10)
+    bm25 = sweep.point_configs(Path("O"), mined_with_model, {"negatives.source": "bm25"}, "dev")["negatives"]
+    assert not {"checkpoint", "docids", "beams"} & set(bm25)
+    model = sweep.point_configs(Path("O"), mined_with_model, {"negatives.bands": "1-5"}, "dev")["negatives"]
+    assert model["checkpoint"] == "O/sft" and model["beams"] == 10
