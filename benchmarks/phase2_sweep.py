@@ -19,8 +19,12 @@ Each stage runs in this process through its own entry point with `--config FILE 
 as `ddro pipeline` runs them; the config files stay beside the outputs (configs/ in each folder), so
 any step can be rerun by hand: `python -m ddro.train.ddro --config OUT/sweep/<point>/configs/ddro.json`.
 A step is skipped when its output is complete and its recorded config is unchanged, so a killed
-sweep continues where it stopped. Every point's configs go through the stages' own parsers before
-anything runs: an unknown key fails at once, naming the point.
+sweep continues where it stopped. A point is named by its own settings only: the rest of its config
+is the pipeline's, so after a preset change the same name means other settings, and the step is
+rebuilt (with a warning naming the keys that differ). Set every axis a comparison depends on (for
+example `ddro.loss_type=sigmoid`, not the preset's default) so that names stay exact. Every point's
+configs go through the stages' own parsers before anything runs: an unknown key fails at once,
+naming the point.
 
     python benchmarks/phase2_sweep.py OUT --set negatives.source=bm25,model \\
         --set ddro.learning_rate=1e-6,1e-5 --set ddro.loss_type=sigmoid,rpo
@@ -257,9 +261,15 @@ def done_file(stage: str, config: dict) -> Path:
 def run_step(stage: str, config: dict, config_file: Path) -> bool:
     """Run one stage unless its output is complete and was built from this same config."""
     done = done_file(stage, config)
-    if done.is_file() and config_file.is_file() and read_json(config_file) == config:
-        log.info("[%s] %s: done, skipping", stage, done.parent)
-        return False
+    if done.is_file() and config_file.is_file():
+        recorded = read_json(config_file)
+        if recorded == config:
+            log.info("[%s] %s: done, skipping", stage, done.parent)
+            return False
+        # a point is named by its settings only: a changed pipeline config (a new preset) changes it too
+        changed = sorted(k for k in {*recorded, *config} if recorded.get(k) != config.get(k))
+        log.warning("[%s] %s was built with another config (%s differ): rebuilding it", stage, done.parent,
+                    ", ".join(changed))
     config_file.parent.mkdir(parents=True, exist_ok=True)
     write_json(config_file, config)
     argv = ["--config", str(config_file), "--overwrite", "true"]
