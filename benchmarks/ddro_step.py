@@ -62,12 +62,16 @@ def step_fn(policy, reference, batch, optimizer, mode: str, beta: float):
             with torch.no_grad():
                 ref_c, ref_r = pair_logps(reference, *inputs, share_encoder=share)
         chosen, rejected = pair_logps(policy, *inputs, share_encoder=share)
-        loss = ddro_loss(chosen, rejected, ref_c, ref_r, beta).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        update(policy, optimizer, ddro_loss(chosen, rejected, ref_c, ref_r, beta).loss)
     return step
+
+
+def update(policy, optimizer, loss) -> None:
+    """Backward, clip (the paper's 0.5), optimizer step: what every timed variant ends with."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def loss_step_fn(policy, batch, optimizer, loss_type: str, beta: float, k: int, generator):
@@ -88,10 +92,7 @@ def loss_step_fn(policy, batch, optimizer, loss_type: str, beta: float, k: int, 
         else:
             chosen, rejected_logps = pair_logps(policy, *inputs, batch["rejected_labels"])
             out = loss(chosen, rejected_logps, batch["ref_chosen"], batch["ref_rejected"])
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        update(policy, optimizer, out.loss)
     return step
 
 

@@ -70,8 +70,9 @@ CHAINED = {"negatives": {"out"}, "ddro": {"output_dir", "negatives"}}  # the swe
 
 def uses_model(negatives: dict) -> bool:
     """Negatives mined with the SFT model (alone or in a mix) need its checkpoint and docids."""
-    source = negatives.get("source")
-    return source == "model" or (source == "mixed" and "model" in str(negatives.get("mix", "")))
+    from ddro.pipeline import negatives_sources  # the pipeline's reading of --source / --mix
+
+    return "model" in negatives_sources(negatives)
 
 
 MODULES = {"negatives": "ddro.negatives", "ddro": "ddro.train.ddro", "eval": "ddro.eval.evaluate"}
