@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .distributed import leave_process_group
 from .errors import DDROError, InputError
 from .io import write_json
 
@@ -208,6 +209,7 @@ def entry_point(main: Callable[[Sequence[str] | None], Any]) -> Callable[[Sequen
         setup_logging()
         try:
             main(argv)
+            leave_process_group()
         except DDROError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -109,6 +110,21 @@ def barrier() -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def leave_process_group() -> None:
+    """After a successful run: wait for every rank, then tear the process group down.
+
+    A rank that returns early (only rank 0 writes the model) and exits with the group still up can
+    abort in the collective library's threads ("terminate called without an active exception")
+    while rank 0 is still saving; torchrun then reports the job as failed."""
+    if "torch.distributed" not in sys.modules:  # a stage that never imported torch has no group
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 @dataclass(frozen=True)
