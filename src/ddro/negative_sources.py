@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data.collection import Collection
+from .docids.table import DocidTable
 from .errors import DDROError
-from .manifest import manifest_hash, manifest_hash_or_none, read_manifest
+from .manifest import manifest_hash, manifest_hash_or_none
 
 
 class Source:
@@ -80,10 +81,7 @@ class ModelSource(Source):
         if manifest_hash_or_none(args.docids) is None:
             raise DDROError(f"--docids {args.docids}: not a docid folder (no manifest.json)")
         model_path(args.checkpoint)  # a missing or unfinished checkpoint fails here, not after BM25 or embedding
-        built_for, have = read_manifest(args.docids, "docids").get("collection"), manifest_hash_or_none(collection.path)
-        if built_for and have and built_for != have:
-            raise DDROError(f"--docids {args.docids} was built for another collection ({built_for[:12]}) than "
-                            f"{collection.path} ({have[:12]})")
+        DocidTable.load(args.docids).check_built_for(collection)
 
     @classmethod
     def inputs(cls, args):

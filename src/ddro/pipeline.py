@@ -138,10 +138,10 @@ def docid_embedding(preset: dict) -> dict:
 
 def negatives_sources(section: dict) -> set[str]:
     """The sources a negatives section mines with (--source, or the names in --mix)."""
+    from .negatives import MIXED, parse_mix
+
     source = section.get("source", "bm25")
-    if source != "mixed":
-        return {source}
-    return {part.split(":")[0].strip() for part in str(section.get("mix") or "").split(",")}
+    return set(parse_mix(str(section.get("mix") or ""))) if source == MIXED else {source}
 
 
 def negatives_paths(out: Path, args: PipelineArguments, preset: dict) -> dict:

@@ -117,15 +117,19 @@ class DocidTable:
         return cls(doc_ids, tokens, manifest, folder)
 
     def check_collection(self, collection) -> None:
-        """Refuse a table built for another collection (or another version of it)."""
+        """Refuse a table built for another collection (or another version of it), or not covering it."""
+        self.check_built_for(collection)
+        if set(self.doc_ids) != set(collection.doc_ids()):
+            raise DDROError(f"{self.path}: docid table covers {len(self)} documents, "
+                            f"{collection.path} has {len(collection)}; rebuild the docids")
+
+    def check_built_for(self, collection) -> None:
+        """Refuse a table whose manifest names another collection (or another version of it)."""
         want = self.manifest.get("collection")
         have = manifest_hash_or_none(collection.path)
         if want and have and want != have:
             raise DDROError(f"{self.path}: docid table was built for another collection "
                             f"(manifest {want[:12]}), not {collection.path} ({have[:12]})")
-        if set(self.doc_ids) != set(collection.doc_ids()):
-            raise DDROError(f"{self.path}: docid table covers {len(self)} documents, "
-                            f"{collection.path} has {len(collection)}; rebuild the docids")
 
     def check_vocab(self, rows: int, what: str = "model") -> None:
         """Refuse a decoder whose output vocabulary cannot hold every docid token."""
