@@ -335,6 +335,22 @@ def model_args(coll: Path, out: Path, ckpt, table, **kw) -> NegativesArguments:
                                   "bands": "1-5", "negatives": 5, "val_fraction": 0, "device": "cpu", **kw})
 
 
+def test_model_source_refuses_docids_built_for_another_collection(t5_ckpt, tmp_path):
+    """The docids' manifest names another collection: refused before any model is loaded, nothing written."""
+    import json
+    import shutil
+
+    ckpt, table = t5_ckpt
+    coll, _, _ = model_collection(tmp_path)
+    docids = tmp_path / "docids-other"
+    shutil.copytree(table.path, docids)
+    manifest = json.loads((docids / "manifest.json").read_text())
+    (docids / "manifest.json").write_text(json.dumps({**manifest, "collection": "0" * 64}))
+    with pytest.raises(DDROError, match="another collection"):
+        run(model_args(coll, tmp_path / "neg", ckpt, table, docids=str(docids)))
+    assert not (tmp_path / "neg").exists()
+
+
 def test_model_source_mines_the_checkpoints_own_beams(t5_ckpt, tmp_path):
     """Negatives = the evaluator's top beams for the query (encoded as phase 2 encodes it) minus its positives."""
     import torch

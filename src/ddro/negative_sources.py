@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .data.collection import Collection
-from .docids.table import DocidTable
+from .docids.table import check_built_for
 from .errors import DDROError
-from .manifest import manifest_hash, manifest_hash_or_none
+from .manifest import manifest_hash, manifest_hash_or_none, read_manifest
 
 
 class Source:
@@ -81,7 +81,7 @@ class ModelSource(Source):
         if manifest_hash_or_none(args.docids) is None:
             raise DDROError(f"--docids {args.docids}: not a docid folder (no manifest.json)")
         model_path(args.checkpoint)  # a missing or unfinished checkpoint fails here, not after BM25 or embedding
-        DocidTable.load(args.docids).check_built_for(collection)
+        check_built_for(args.docids, read_manifest(args.docids, "docids"), collection)
 
     @classmethod
     def inputs(cls, args):

@@ -118,21 +118,23 @@ class DocidTable:
 
     def check_collection(self, collection) -> None:
         """Refuse a table built for another collection (or another version of it), or not covering it."""
-        self.check_built_for(collection)
+        check_built_for(self.path, self.manifest, collection)
         if set(self.doc_ids) != set(collection.doc_ids()):
             raise DDROError(f"{self.path}: docid table covers {len(self)} documents, "
                             f"{collection.path} has {len(collection)}; rebuild the docids")
-
-    def check_built_for(self, collection) -> None:
-        """Refuse a table whose manifest names another collection (or another version of it)."""
-        want = self.manifest.get("collection")
-        have = manifest_hash_or_none(collection.path)
-        if want and have and want != have:
-            raise DDROError(f"{self.path}: docid table was built for another collection "
-                            f"(manifest {want[:12]}), not {collection.path} ({have[:12]})")
 
     def check_vocab(self, rows: int, what: str = "model") -> None:
         """Refuse a decoder whose output vocabulary cannot hold every docid token."""
         if rows < self.required_vocab:
             raise DDROError(f"{what} has {rows:,} vocabulary rows, docid table {self.path} "
                             f"needs {self.required_vocab:,}")
+
+
+def check_built_for(folder, manifest: dict, collection) -> None:
+    """Refuse a docid folder whose manifest names another collection (or another version of it); reads
+    the manifest only, so a check before mining need not parse the whole table."""
+    want = manifest.get("collection")
+    have = manifest_hash_or_none(collection.path)
+    if want and have and want != have:
+        raise DDROError(f"{folder}: docid table was built for another collection "
+                        f"(manifest {want[:12]}), not {collection.path} ({have[:12]})")
